@@ -1,0 +1,60 @@
+# bulwark: the two commands for a fresh machine are `make demo` and `make test`.
+# Both install what they need first (make deps).
+
+SHELL := /bin/bash
+GO    ?= go
+OUT   ?= out
+
+# Debian packages: the kernel and firmware the image is built from and booted
+# with, QEMU, the host tools the image build and the tests run.
+DEBS := linux-image-amd64 systemd-boot-efi ovmf qemu-system-x86 qemu-utils \
+        e2fsprogs dosfstools mtools cryptsetup-bin iproute2 nftables iputils-ping
+
+export CGO_ENABLED := 0
+
+.PHONY: all deps image demo test check unit fuzz qemutest bench-boot clean
+
+all: image
+
+# Installs only what is missing, so a second run takes a second.
+deps:
+	@missing=$$(for p in $(DEBS); do \
+	    dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed$$' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	    echo "installing: $$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+	@$(GO) mod download
+
+image: deps
+	$(GO) run ./image -out $(OUT) -qcow2
+
+demo: image
+	$(GO) run ./qemu-tests/demo -out $(OUT)
+
+# Everything CI runs: formatting, vet, unit tests, a short fuzz run, the
+# image build (with its reproducibility check) and the QEMU tests.
+test: deps check unit fuzz image qemutest
+
+check:
+	@unformatted=$$(gofmt -l $$(git ls-files '*.go')); \
+	if [ -n "$$unformatted" ]; then echo "gofmt needed: $$unformatted"; exit 1; fi
+	$(GO) vet ./...
+
+unit:
+	$(GO) test -count=1 -timeout 20m ./internal/... ./init/... ./image/... ./cmd/...
+
+fuzz:
+	$(GO) test -run '^$$' -fuzz FuzzParse -fuzztime 15s ./internal/config/
+
+qemutest:
+	$(GO) test -count=1 -timeout 30m -v ./qemu-tests/... 2>&1 | tee $(OUT)/qemutest.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|_test.go:'; \
+	exit $${PIPESTATUS[0]}
+
+# Init overhead under emulation: bulwark's init against a trivial init on
+# the same kernel, in the same run (docs/performance.md).
+bench-boot: image
+	$(GO) test -run '^$$' -bench BootOverhead -benchtime 5x -timeout 30m ./qemu-tests/
+
+clean:
+	rm -rf $(OUT)

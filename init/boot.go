@@ -1,0 +1,159 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"runtime/debug"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/bulwarkvm/bulwark/internal/bootlog"
+	"github.com/bulwarkvm/bulwark/internal/config"
+	"github.com/bulwarkvm/bulwark/internal/proc"
+)
+
+// boot is the state the stages share.
+type boot struct {
+	log     *slog.Logger
+	logh    *bootlog.Handler
+	start   time.Time
+	results []result
+	// teardown runs in reverse order on shutdown; later stages (volumes,
+	// IPsec, backups) add their steps here.
+	teardown []teardownStep
+	shutdown chan string
+
+	cfg       *config.Config
+	cfgDigest string
+	cfgSource config.Source
+}
+
+type result struct {
+	name     string
+	status   string // ok, warn, failed
+	duration time.Duration
+	detail   string
+}
+
+type teardownStep struct {
+	name string
+	fn   func(context.Context) error
+}
+
+// A stage does one step of the boot. Its detail goes into the readiness
+// report; warnings are logged by the stage itself and marked with errWarn.
+type stageFunc func(b *boot) (detail string, err error)
+
+// warning marks a stage result that is degraded but not fatal.
+type warning struct{ msg string }
+
+func (w warning) Error() string { return w.msg }
+
+func newBoot() *boot {
+	h := bootlog.New(os.Stdout, slog.LevelInfo)
+	b := &boot{
+		log:      slog.New(h),
+		logh:     h,
+		start:    time.Now(),
+		shutdown: make(chan string, 1),
+	}
+	// Watch signals from the first instant, so that even a node halted
+	// by an early failure can be powered off.
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGPWR, syscall.SIGINT)
+	b.goSafe("signals", func() {
+		for s := range sigs {
+			b.requestShutdown("signal " + unix.SignalName(s.(syscall.Signal)))
+		}
+	})
+	// Ctrl-Alt-Del becomes SIGINT instead of an immediate reboot.
+	_ = unix.Reboot(unix.LINUX_REBOOT_CMD_CAD_OFF)
+	proc.StartReaper()
+	b.log.Info("starting", "pid", os.Getpid())
+	return b
+}
+
+func (b *boot) requestShutdown(reason string) {
+	select {
+	case b.shutdown <- reason:
+	default: // one is already pending
+	}
+}
+
+// stage runs one boot stage and records it for the readiness report. A
+// failure halts the node; stage does not return then.
+func (b *boot) stage(name string, fn stageFunc) {
+	t0 := time.Now()
+	detail, err := fn(b)
+	r := result{name: name, status: "ok", duration: time.Since(t0), detail: detail}
+	if w, ok := err.(warning); ok {
+		r.status, r.detail = "warn", strings.TrimSpace(detail+" "+w.msg)
+		err = nil
+	}
+	if err != nil {
+		r.status, r.detail = "failed", err.Error()
+	}
+	b.results = append(b.results, r)
+	if err != nil {
+		// Packages prefix their errors with their name; say the stage once.
+		if !strings.HasPrefix(err.Error(), name+": ") {
+			err = fmt.Errorf("%s: %w", name, err)
+		}
+		b.fatal(err)
+	}
+}
+
+// onShutdown registers a teardown step.
+func (b *boot) onShutdown(name string, fn func(context.Context) error) {
+	b.teardown = append(b.teardown, teardownStep{name, fn})
+}
+
+// goSafe runs fn in a goroutine; a panic in it halts the node instead of
+// crashing PID1 (which the kernel would turn into a panic).
+func (b *boot) goSafe(name string, fn func()) {
+	go func() {
+		defer func() {
+			if r := recover(); r != nil {
+				b.log.Log(context.Background(), bootlog.LevelFatal, fmt.Sprintf("panic in %s: %v", name, r), "stack", string(debug.Stack()))
+				b.requestShutdown("panic in " + name)
+			}
+		}()
+		fn()
+	}()
+}
+
+func (b *boot) recoverPanic() {
+	if r := recover(); r != nil {
+		b.fatal(fmt.Errorf("panic: %v\n%s", r, debug.Stack()))
+	}
+}
+
+// ready prints the readiness report and the contract line.
+func (b *boot) ready() {
+	b.report()
+	b.log.Info("ready")
+}
+
+func (b *boot) report() {
+	b.log.Info(fmt.Sprintf("readiness report (%s since the init started)", round(time.Since(b.start))))
+	b.log.Info(fmt.Sprintf("  %-13s %-7s %9s  %s", "stage", "result", "time", "detail"))
+	for _, r := range b.results {
+		b.log.Info(fmt.Sprintf("  %-13s %-7s %9s  %s", r.name, r.status, round(r.duration), r.detail))
+	}
+}
+
+func round(d time.Duration) time.Duration {
+	switch {
+	case d >= time.Second:
+		return d.Round(10 * time.Millisecond)
+	case d >= time.Millisecond:
+		return d.Round(100 * time.Microsecond)
+	}
+	return d.Round(time.Microsecond)
+}

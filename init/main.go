@@ -1,0 +1,30 @@
+// Command init is bulwark's PID1. The boot sequence below reads top to
+// bottom; each stage lives in its own file. A stage that fails ends the boot
+// in a locked-down halt (see halt.go): PID1 never exits and never panics
+// into a kernel panic.
+package main
+
+import (
+	"fmt"
+	"os"
+)
+
+func main() {
+	if os.Getpid() != 1 {
+		fmt.Fprintln(os.Stderr, "bulwark init: must run as PID 1 (it mounts file systems and powers the machine off)")
+		os.Exit(2)
+	}
+	b := newBoot()
+	defer b.recoverPanic()
+
+	b.stage("mounts", mountPseudoFilesystems) // /proc /sys /dev /run, kernel log
+	b.stage("hardening", harden)              // no core dumps, no kexec, no swap
+	b.stage("modules", loadModules)           // modules.list from the initramfs
+	b.stage("power button", watchPowerButton) // ACPI power button -> shutdown
+	b.stage("entropy", waitForEntropy)        // kernel RNG ready before any key
+	b.stage("config", readConfig)             // fw_cfg or BULWARKCFG volume, strict
+	b.stage("network", configureNetwork)      // links, addresses, routes, hostname
+
+	b.ready()           // readiness report, then "bulwark: ready"
+	b.waitForShutdown() // power button, SIGTERM/SIGPWR/SIGINT
+}

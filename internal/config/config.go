@@ -1,0 +1,90 @@
+// Package config holds the node's configuration document: its schema, a
+// strict parser and the validation of every field. The schema is described
+// for users in docs/config.md; every example there is parsed by the tests.
+package config
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"reflect"
+)
+
+// Version is the only schema version this build understands.
+const Version = 1
+
+// MaxSize bounds the document, so that a broken source cannot make the
+// init read without end.
+const MaxSize = 1 << 20
+
+// Config is the whole node configuration.
+type Config struct {
+	// Version must be 1.
+	Version int `json:"version"`
+	// Hostname of the node (RFC 1123).
+	Hostname string `json:"hostname"`
+	// Network configures interfaces, addresses and routes.
+	Network Network `json:"network"`
+}
+
+// Network is the node's network configuration.
+type Network struct {
+	Interfaces []Interface `json:"interfaces,omitempty"`
+	Routes     []Route     `json:"routes,omitempty"`
+}
+
+// Interface configures one network interface, named as the kernel names it.
+type Interface struct {
+	Name string `json:"name"`
+	// MTU, or 0 to keep the driver's default.
+	MTU int `json:"mtu,omitempty"`
+	// Addresses are static addresses with their prefix length, such as
+	// "10.0.0.2/24" or "fd00::2/64".
+	Addresses []string `json:"addresses,omitempty"`
+	// DHCP4 asks a DHCPv4 server for the IPv4 address, routes and MTU.
+	DHCP4 bool `json:"dhcp4,omitempty"`
+}
+
+// Route is a static route.
+type Route struct {
+	// To is the destination prefix, such as "0.0.0.0/0".
+	To string `json:"to"`
+	// Via is the gateway address; empty for an on-link route.
+	Via string `json:"via,omitempty"`
+	// Interface names the outgoing interface; required for on-link routes.
+	Interface string `json:"interface,omitempty"`
+}
+
+// Parse decodes and validates a configuration document. The error names the
+// offending field by its path in the document.
+func Parse(doc []byte) (*Config, error) {
+	if len(doc) == 0 {
+		return nil, errors.New("config: the document is empty")
+	}
+	if len(doc) > MaxSize {
+		return nil, fmt.Errorf("config: the document is %d bytes; the limit is %d", len(doc), MaxSize)
+	}
+	if err := checkShape(doc, reflect.TypeOf(Config{})); err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	var c Config
+	dec := json.NewDecoder(bytes.NewReader(doc))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&c); err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	if err := c.Validate(); err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	return &c, nil
+}
+
+// Digest is the SHA-256 of the document as read, which the readiness report
+// and (later) the audit log and attestation name.
+func Digest(doc []byte) string {
+	sum := sha256.Sum256(doc)
+	return hex.EncodeToString(sum[:])
+}

@@ -1,0 +1,111 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestExamplesParse(t *testing.T) {
+	files, err := filepath.Glob("../../docs/examples/node-*.json")
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no example configs found: %v", err)
+	}
+	for _, f := range files {
+		doc, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := Parse(doc); err != nil {
+			t.Errorf("%s: %v", f, err)
+		}
+	}
+}
+
+func TestInvalidExampleNamesField(t *testing.T) {
+	doc, err := os.ReadFile("../../docs/examples/invalid-mtu.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = Parse(doc)
+	if err == nil || !strings.Contains(err.Error(), "network.interfaces[0].mtu") {
+		t.Fatalf("want an error naming network.interfaces[0].mtu, got %v", err)
+	}
+}
+
+func TestRejects(t *testing.T) {
+	base := func(ifc string) string {
+		return `{"version":1,"hostname":"n1","network":{"interfaces":[` + ifc + `]}}`
+	}
+	cases := []struct{ name, doc, want string }{
+		{"empty", ``, "empty"},
+		{"not json", `{"version":`, "document ends too early"},
+		{"garbage", `hello`, "invalid JSON"},
+		{"trailing", `{"version":1,"hostname":"n1"} {}`, "after the end"},
+		{"array at top", `[]`, "document: must be an object"},
+		{"unknown top", `{"version":1,"hostname":"n1","shell":true}`, `shell: unknown field`},
+		{"unknown nested", base(`{"name":"eth0","speed":10}`), `network.interfaces[0].speed: unknown field`},
+		{"duplicate key", `{"version":1,"version":1,"hostname":"n1"}`, "version: field given twice"},
+		{"wrong type", base(`{"name":"eth0","mtu":"1500"}`), `network.interfaces[0].mtu: must be a whole number, not the string "1500"`},
+		{"fraction", base(`{"name":"eth0","mtu":1500.5}`), `network.interfaces[0].mtu: 1500.5 is not a whole number`},
+		{"null", `{"version":1,"hostname":null}`, "hostname: null is not allowed"},
+		{"bool type", base(`{"name":"eth0","dhcp4":"yes"}`), `network.interfaces[0].dhcp4: must be true or false`},
+		{"version", `{"version":2,"hostname":"n1"}`, "version: 2 is not supported"},
+		{"no version", `{"hostname":"n1"}`, "version: 0 is not supported"},
+		{"hostname missing", `{"version":1}`, "hostname: is required"},
+		{"hostname bad", `{"version":1,"hostname":"db_1"}`, "hostname:"},
+		{"hostname dash", `{"version":1,"hostname":"-db"}`, "hostname:"},
+		{"ifname long", base(`{"name":"averyveryverylongname"}`), "network.interfaces[0].name"},
+		{"ifname twice", base(`{"name":"eth0"},{"name":"eth0"}`), "network.interfaces[1].name: interface \"eth0\" is configured twice"},
+		{"mtu low", base(`{"name":"eth0","mtu":100}`), "network.interfaces[0].mtu: 100 is out of range"},
+		{"mtu v6", base(`{"name":"eth0","mtu":1000,"addresses":["fd00::2/64"]}`), "network.interfaces[0].mtu: 1000 is out of range (1280"},
+		{"address garbage", base(`{"name":"eth0","addresses":["10.0.0.300/24"]}`), "network.interfaces[0].addresses[0]"},
+		{"address no prefix", base(`{"name":"eth0","addresses":["10.0.0.2"]}`), "network.interfaces[0].addresses[0]"},
+		{"address network", base(`{"name":"eth0","addresses":["10.0.0.0/24"]}`), "names the network 10.0.0.0/24"},
+		{"address multicast", base(`{"name":"eth0","addresses":["224.0.0.1/24"]}`), "not a unicast host address"},
+		{"address twice", base(`{"name":"eth0","addresses":["10.0.0.2/24"]},{"name":"eth1","addresses":["10.0.0.2/24"]}`), "network.interfaces[1].addresses[0]: address 10.0.0.2 is already used by network.interfaces[0].addresses[0]"},
+		{"dhcp and static", base(`{"name":"eth0","dhcp4":true,"addresses":["10.0.0.2/24"]}`), "conflict"},
+		{"route host bits", `{"version":1,"hostname":"n1","network":{"interfaces":[{"name":"eth0"}],"routes":[{"to":"192.168.1.15/24","via":"10.0.0.1"}]}}`, `network.routes[0].to: "192.168.1.15/24" has host bits set; did you mean 192.168.1.0/24?`},
+		{"route family", `{"version":1,"hostname":"n1","network":{"routes":[{"to":"::/0","via":"10.0.0.1"}]}}`, "network.routes[0].via: gateway 10.0.0.1 is not of the same address family"},
+		{"route onlink", `{"version":1,"hostname":"n1","network":{"routes":[{"to":"10.1.0.0/16"}]}}`, "network.routes[0]: an on-link route"},
+		{"route interface", `{"version":1,"hostname":"n1","network":{"routes":[{"to":"10.1.0.0/16","interface":"eth9"}]}}`, `network.routes[0].interface: "eth9" is not one of`},
+		{"too large", `{"version":1,"hostname":"` + strings.Repeat("a", MaxSize) + `"}`, "the limit is"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			_, err := Parse([]byte(c.doc))
+			if err == nil {
+				t.Fatalf("accepted %s", c.doc)
+			}
+			if !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("error %q does not contain %q", err, c.want)
+			}
+			if !strings.HasPrefix(err.Error(), "config: ") {
+				t.Fatalf("error %q lacks the config: prefix", err)
+			}
+		})
+	}
+}
+
+func TestDigestStable(t *testing.T) {
+	a, b := Digest([]byte("x")), Digest([]byte("y"))
+	if len(a) != 64 || a == b {
+		t.Fatalf("digests %s %s", a, b)
+	}
+}
+
+func FuzzParse(f *testing.F) {
+	for _, s := range []string{`{"version":1,"hostname":"n"}`, `{"network":{"interfaces":[{}]}}`, `[1,2]`} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, doc []byte) {
+		c, err := Parse(doc)
+		if err == nil && c.Validate() != nil {
+			t.Fatalf("Parse accepted a config that Validate rejects")
+		}
+		if err != nil && !strings.HasPrefix(err.Error(), "config: ") {
+			t.Fatalf("unprefixed error %v", err)
+		}
+	})
+}

@@ -1,0 +1,173 @@
+package config
+
+import (
+	"fmt"
+	"net/netip"
+	"strings"
+)
+
+// Limits on list lengths; they keep a mistaken config from turning into a
+// very slow boot.
+const (
+	maxInterfaces = 16
+	maxAddresses  = 64
+	maxRoutes     = 256
+	minMTU        = 576
+	minMTUv6      = 1280
+	maxMTU        = 9216
+)
+
+// Validate checks every field; the first problem is returned with its path.
+func (c *Config) Validate() error {
+	if c.Version != Version {
+		return fmt.Errorf("version: %d is not supported; this build reads version %d", c.Version, Version)
+	}
+	if err := checkHostname(c.Hostname); err != nil {
+		return fmt.Errorf("hostname: %w", err)
+	}
+	return c.Network.validate()
+}
+
+func checkHostname(h string) error {
+	if h == "" {
+		return fmt.Errorf("is required")
+	}
+	if len(h) > 253 {
+		return fmt.Errorf("%q is longer than 253 characters", h)
+	}
+	for _, label := range strings.Split(h, ".") {
+		if label == "" || len(label) > 63 {
+			return fmt.Errorf("%q: each dot-separated label must be 1 to 63 characters", h)
+		}
+		if label[0] == '-' || label[len(label)-1] == '-' {
+			return fmt.Errorf("%q: a label may not start or end with '-'", h)
+		}
+		for _, r := range label {
+			if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-') {
+				return fmt.Errorf("%q: only letters, digits, '-' and '.' are allowed", h)
+			}
+		}
+	}
+	return nil
+}
+
+func (n *Network) validate() error {
+	if len(n.Interfaces) > maxInterfaces {
+		return fmt.Errorf("network.interfaces: %d entries; the limit is %d", len(n.Interfaces), maxInterfaces)
+	}
+	names := map[string]bool{}
+	seenAddr := map[netip.Addr]string{}
+	for i, ifc := range n.Interfaces {
+		path := fmt.Sprintf("network.interfaces[%d]", i)
+		if err := checkIfName(ifc.Name); err != nil {
+			return fmt.Errorf("%s.name: %w", path, err)
+		}
+		if names[ifc.Name] {
+			return fmt.Errorf("%s.name: interface %q is configured twice", path, ifc.Name)
+		}
+		names[ifc.Name] = true
+		if len(ifc.Addresses) > maxAddresses {
+			return fmt.Errorf("%s.addresses: %d entries; the limit is %d", path, len(ifc.Addresses), maxAddresses)
+		}
+		hasV6 := false
+		for j, a := range ifc.Addresses {
+			apath := fmt.Sprintf("%s.addresses[%d]", path, j)
+			p, err := ParseHostPrefix(a)
+			if err != nil {
+				return fmt.Errorf("%s: %w", apath, err)
+			}
+			if other, dup := seenAddr[p.Addr()]; dup {
+				return fmt.Errorf("%s: address %s is already used by %s", apath, p.Addr(), other)
+			}
+			seenAddr[p.Addr()] = apath
+			if p.Addr().Is4() && ifc.DHCP4 {
+				return fmt.Errorf("%s: a static IPv4 address and dhcp4 on the same interface conflict; choose one", apath)
+			}
+			hasV6 = hasV6 || p.Addr().Is6()
+		}
+		if ifc.MTU != 0 {
+			lo := minMTU
+			if hasV6 {
+				lo = minMTUv6
+			}
+			if ifc.MTU < lo || ifc.MTU > maxMTU {
+				return fmt.Errorf("%s.mtu: %d is out of range (%d to %d, or leave it out for the driver's default)", path, ifc.MTU, lo, maxMTU)
+			}
+		}
+	}
+	if len(n.Routes) > maxRoutes {
+		return fmt.Errorf("network.routes: %d entries; the limit is %d", len(n.Routes), maxRoutes)
+	}
+	for i, r := range n.Routes {
+		path := fmt.Sprintf("network.routes[%d]", i)
+		to, err := ParseNetworkPrefix(r.To)
+		if err != nil {
+			return fmt.Errorf("%s.to: %w", path, err)
+		}
+		if r.Via != "" {
+			via, err := netip.ParseAddr(r.Via)
+			if err != nil {
+				return fmt.Errorf("%s.via: %q is not an IP address", path, r.Via)
+			}
+			if via.Is4() != to.Addr().Is4() {
+				return fmt.Errorf("%s.via: gateway %s is not of the same address family as %s", path, via, to)
+			}
+		} else if r.Interface == "" {
+			return fmt.Errorf("%s: an on-link route (no via) must name its interface", path)
+		}
+		if r.Interface != "" && !names[r.Interface] {
+			return fmt.Errorf("%s.interface: %q is not one of network.interfaces", path, r.Interface)
+		}
+	}
+	return nil
+}
+
+func checkIfName(name string) error {
+	if name == "" {
+		return fmt.Errorf("is required")
+	}
+	if len(name) > 15 {
+		return fmt.Errorf("%q is longer than the kernel's 15-character limit", name)
+	}
+	if name == "." || name == ".." || strings.ContainsAny(name, "/: \t\n") {
+		return fmt.Errorf("%q is not a valid interface name", name)
+	}
+	return nil
+}
+
+// ParseHostPrefix parses an interface address with its prefix length, such as
+// "10.0.0.2/24". The address must be a usable unicast host address.
+func ParseHostPrefix(s string) (netip.Prefix, error) {
+	p, err := netip.ParsePrefix(s)
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("%q is not an address with a prefix length (like 10.0.0.2/24 or fd00::2/64)", s)
+	}
+	a := p.Addr()
+	if a.Zone() != "" {
+		return netip.Prefix{}, fmt.Errorf("%q: zones are not allowed", s)
+	}
+	if a.IsUnspecified() || a.IsMulticast() || a.IsLoopback() {
+		return netip.Prefix{}, fmt.Errorf("%q is not a unicast host address", s)
+	}
+	// In IPv4 subnets larger than /31 the all-zero host part names the network.
+	if a.Is4() && p.Bits() < 31 && p.Masked().Addr() == a {
+		return netip.Prefix{}, fmt.Errorf("%q names the network %s, not a host in it", s, p.Masked())
+	}
+	return p, nil
+}
+
+// ParseNetworkPrefix parses a network prefix such as "192.168.1.0/24". Host
+// bits must be clear; the error says which prefix was probably meant.
+func ParseNetworkPrefix(s string) (netip.Prefix, error) {
+	p, err := netip.ParsePrefix(s)
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("%q is not a network prefix (like 192.168.1.0/24 or fd00::/64)", s)
+	}
+	if p.Addr().Zone() != "" {
+		return netip.Prefix{}, fmt.Errorf("%q: zones are not allowed", s)
+	}
+	if m := p.Masked(); m != p {
+		return netip.Prefix{}, fmt.Errorf("%q has host bits set; did you mean %s?", s, m)
+	}
+	return p, nil
+}

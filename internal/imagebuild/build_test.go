@@ -1,0 +1,101 @@
+package imagebuild
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// TestReproducible builds the whole image twice into different directories
+// and requires byte-identical initramfs, disk and qcow2.
+func TestReproducible(t *testing.T) {
+	src, err := FindSourceDir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var reps []*Report
+	dirs := []string{t.TempDir(), t.TempDir()}
+	for _, d := range dirs {
+		rep, err := Build(context.Background(), Options{OutDir: d, SourceDir: src, Formats: []string{"raw", "qcow2"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		reps = append(reps, rep)
+	}
+	for _, f := range []string{"init", "initramfs.img", "bulwark.img", "bulwark.qcow2", "vmlinuz"} {
+		a, err := os.ReadFile(filepath.Join(dirs[0], f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := os.ReadFile(filepath.Join(dirs[1], f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(a, b) {
+			t.Errorf("%s differs between two builds of the same inputs", f)
+		}
+	}
+	if reps[0].InitramfsCompressed > 10<<20 {
+		t.Errorf("initramfs is %d bytes compressed; the goal is at most 10 MiB", reps[0].InitramfsCompressed)
+	}
+	var out bytes.Buffer
+	reps[0].Format(&out)
+	for _, part := range []string{"init", "modules", "tools", "initramfs", "bulwark.img"} {
+		if !strings.Contains(out.String(), part) {
+			t.Errorf("build report lacks %s:\n%s", part, out.String())
+		}
+	}
+}
+
+// A changed input changes the output: the reproducibility check above can fail.
+func TestCmdlineChangesDisk(t *testing.T) {
+	src, err := FindSourceDir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var disks [][]byte
+	for _, extra := range []string{"", "bulwark.test=1"} {
+		d := t.TempDir()
+		if _, err := Build(context.Background(), Options{OutDir: d, SourceDir: src, CmdlineExtra: extra}); err != nil {
+			t.Fatal(err)
+		}
+		b, err := os.ReadFile(filepath.Join(d, "bulwark.img"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		disks = append(disks, b)
+	}
+	if bytes.Equal(disks[0], disks[1]) {
+		t.Fatal("a different kernel command line gave the same disk")
+	}
+}
+
+func TestBadOptions(t *testing.T) {
+	cases := []struct {
+		o    Options
+		want string
+	}{
+		{Options{Formats: []string{"vmdk"}}, `output format "vmdk"`},
+		{Options{KernelVersion: "0.0.0-none"}, "kernel 0.0.0-none is incomplete"},
+		{Options{CmdlineExtra: "a\nb"}, "line breaks"},
+	}
+	for _, c := range cases {
+		c.o.OutDir = t.TempDir()
+		_, err := Build(context.Background(), c.o)
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%+v: got %v, want %q", c.o, err, c.want)
+		}
+	}
+}
+
+func TestCompareVersions(t *testing.T) {
+	if compareVersions("6.1.0-9-amd64", "6.1.0-56-amd64") >= 0 {
+		t.Error("6.1.0-9 sorted after 6.1.0-56")
+	}
+	if compareVersions("6.10.0-1-amd64", "6.9.0-1-amd64") <= 0 {
+		t.Error("6.10 sorted before 6.9")
+	}
+}

@@ -1,0 +1,201 @@
+// Package kmod holds the list of kernel modules the node needs, resolves it
+// against a kernel's modules.dep when the image is built, and loads it when
+// the node boots. Both halves use u-root's kmodule, so the dependency order
+// the build packs is the order the init loads.
+package kmod
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+
+	"github.com/u-root/u-root/pkg/kmodule"
+)
+
+// Module is one module the node loads at boot.
+type Module struct {
+	Name string
+	// Optional modules depend on the CPU or the platform (for example
+	// aesni_intel needs the AES instructions); failing to load one is a
+	// warning, not a fatal error.
+	Optional bool
+	// Why says what needs it.
+	Why string
+}
+
+// Modules is the one list of kernel modules in the image. modules.softdep is
+// not followed by kmodule, so soft dependencies (ecb for xts, crc32c for ext4)
+// are named here explicitly. Modules that Debian builds into the kernel
+// (aes, sha256, cbc, tpm_tis, tpm_crb, af_packet) are resolved as built-in.
+var Modules = []Module{
+	{Name: "virtio_pci", Why: "virtio devices"},
+	{Name: "virtio_blk", Why: "data and config disks"},
+	{Name: "virtio_net", Why: "network"},
+	{Name: "virtio_rng", Why: "entropy from the host"},
+	{Name: "qemu_fw_cfg", Why: "config from QEMU fw_cfg"},
+	{Name: "evdev", Why: "power button events"},
+	{Name: "button", Why: "ACPI power button"},
+	{Name: "dm_crypt", Why: "encrypted volumes"},
+	{Name: "ecb", Why: "soft dependency of xts"},
+	{Name: "xts", Why: "aes-xts-plain64"},
+	{Name: "aesni_intel", Optional: true, Why: "AES instructions"},
+	{Name: "crc32c_generic", Why: "ext4 metadata checksums"},
+	{Name: "crc32c_intel", Optional: true, Why: "faster crc32c"},
+	{Name: "ext4", Why: "data volume filesystem"},
+	{Name: "nls_cp437", Why: "vfat config volume"},
+	{Name: "nls_ascii", Why: "vfat config volume"},
+	{Name: "nls_utf8", Why: "vfat config volume"},
+	{Name: "vfat", Why: "vfat config volume"},
+	{Name: "isofs", Why: "iso9660 config volume"},
+	{Name: "nf_tables", Why: "firewall"},
+	{Name: "nf_conntrack", Why: "firewall state"},
+	{Name: "nft_ct", Why: "firewall state"},
+	{Name: "nft_reject_inet", Why: "firewall rejects"},
+	{Name: "nft_fib_inet", Why: "firewall anti-spoofing"},
+	{Name: "nft_limit", Why: "firewall rate limits"},
+	{Name: "xfrm_user", Why: "IPsec states and policies"},
+	{Name: "esp4", Why: "IPsec ESP (IPv4)"},
+	{Name: "esp6", Why: "IPsec ESP (IPv6)"},
+	{Name: "ctr", Why: "AES-GCM for ESP"},
+	{Name: "ghash_generic", Why: "AES-GCM for ESP"},
+	{Name: "ghash_clmulni_intel", Optional: true, Why: "faster GHASH"},
+	{Name: "gcm", Why: "AES-GCM for ESP"},
+	{Name: "seqiv", Why: "ESP IV generation"},
+	{Name: "echainiv", Why: "ESP IV generation"},
+	{Name: "authenc", Why: "ESP"},
+}
+
+// Names returns the module names of a list.
+func Names(mods []Module) []string {
+	var n []string
+	for _, m := range mods {
+		n = append(n, m.Name)
+	}
+	return n
+}
+
+// Resolve returns the module files (relative to /lib/modules/<kver>) that the
+// named modules need, dependencies included, sorted. root is the file system
+// root holding lib/modules (normally "/"). A module that is built into the
+// kernel needs no file.
+func Resolve(root, kver string, names []string) ([]string, error) {
+	var mu sync.Mutex
+	files := map[string]bool{}
+	opts := kmodule.ProbeOpts{
+		RootDir:        root,
+		KVer:           kver,
+		IgnoreProcMods: true,
+		// kmodule calls this from several goroutines.
+		DryRunCB: func(path string) {
+			mu.Lock()
+			defer mu.Unlock()
+			files[path] = true
+		},
+	}
+	prober, err := kmodule.NewProber(opts)
+	if err != nil {
+		return nil, fmt.Errorf("kmod: kernel %s: %w", kver, err)
+	}
+	for _, n := range names {
+		if err := prober.Probe(n, ""); err != nil {
+			return nil, fmt.Errorf("kmod: kernel %s has no module %q: %w", kver, n, err)
+		}
+	}
+	base := ModuleDir(root, kver)
+	var rel []string
+	for f := range files {
+		r, err := filepath.Rel(base, f)
+		if err != nil || strings.HasPrefix(r, "..") {
+			return nil, fmt.Errorf("kmod: module %s lies outside %s", f, base)
+		}
+		rel = append(rel, r)
+	}
+	slices.Sort(rel)
+	return rel, nil
+}
+
+// ModuleDir is where a kernel's modules live below root.
+func ModuleDir(root, kver string) string {
+	return filepath.Join(root, "lib/modules", kver)
+}
+
+// FilterDep returns the lines of modules.dep that describe the given module
+// files, so that the image carries a dependency file that names only the
+// modules it ships.
+func FilterDep(depFile []byte, files []string) ([]byte, error) {
+	keep := map[string]bool{}
+	for _, f := range files {
+		keep[f] = true
+	}
+	var out bytes.Buffer
+	sc := bufio.NewScanner(bytes.NewReader(depFile))
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		mod, _, ok := strings.Cut(line, ":")
+		if !ok {
+			return nil, fmt.Errorf("kmod: malformed modules.dep line %q", line)
+		}
+		if keep[mod] {
+			out.WriteString(line)
+			out.WriteByte('\n')
+		}
+	}
+	return out.Bytes(), sc.Err()
+}
+
+// Load loads the named modules and their dependencies from
+// /lib/modules/<running kernel>. It returns the names that failed with
+// their errors; the caller decides which failures are fatal.
+func Load(names []string) (map[string]error, error) {
+	prober, err := kmodule.NewProber(kmodule.ProbeOpts{})
+	if err != nil {
+		return nil, fmt.Errorf("kmod: %w", err)
+	}
+	failed := map[string]error{}
+	for _, n := range names {
+		if err := prober.Probe(n, ""); err != nil {
+			failed[n] = err
+		}
+	}
+	return failed, nil
+}
+
+// ParseList reads a module list as the image ships it: one name per line,
+// an optional module marked with a trailing " optional".
+func ParseList(b []byte) ([]Module, error) {
+	var mods []Module
+	for i, line := range strings.Split(string(b), "\n") {
+		line = strings.TrimSpace(line)
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		f := strings.Fields(line)
+		m := Module{Name: f[0]}
+		switch {
+		case len(f) == 2 && f[1] == "optional":
+			m.Optional = true
+		case len(f) != 1:
+			return nil, fmt.Errorf("kmod: module list line %d: %q is not \"name\" or \"name optional\"", i+1, line)
+		}
+		mods = append(mods, m)
+	}
+	return mods, nil
+}
+
+// FormatList writes a module list in the format ParseList reads.
+func FormatList(mods []Module) []byte {
+	var b bytes.Buffer
+	for _, m := range mods {
+		b.WriteString(m.Name)
+		if m.Optional {
+			b.WriteString(" optional")
+		}
+		b.WriteByte('\n')
+	}
+	return b.Bytes()
+}

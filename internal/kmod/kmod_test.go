@@ -1,0 +1,91 @@
+package kmod
+
+import (
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+)
+
+// hostKernel finds a kernel with modules on this machine (make deps installs
+// Debian's linux-image-amd64).
+func hostKernel(t *testing.T) string {
+	t.Helper()
+	deps, _ := filepath.Glob("/lib/modules/*/modules.dep")
+	if len(deps) == 0 {
+		t.Fatal("no /lib/modules/*/modules.dep: run make deps (installs linux-image-amd64)")
+	}
+	return filepath.Base(filepath.Dir(deps[len(deps)-1]))
+}
+
+func TestResolveIncludesDependencies(t *testing.T) {
+	kver := hostKernel(t)
+	files, err := Resolve("/", kver, []string{"dm_crypt", "ext4", "aes_generic"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	has := func(suffix string) bool {
+		return slices.ContainsFunc(files, func(f string) bool { return strings.HasSuffix(f, suffix) })
+	}
+	for _, want := range []string{"/dm-crypt.ko", "/dm-mod.ko", "/ext4.ko", "/jbd2.ko", "/mbcache.ko"} {
+		if !has(want) {
+			t.Errorf("resolution of dm_crypt+ext4 lacks %s: %v", want, files)
+		}
+	}
+	// aes_generic is built into Debian's kernel: no file.
+	if has("aes_generic.ko") {
+		t.Errorf("built-in module resolved to a file: %v", files)
+	}
+}
+
+func TestResolveWholeList(t *testing.T) {
+	kver := hostKernel(t)
+	files, err := Resolve("/", kver, Names(Modules))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(files) < len(Modules)/2 {
+		t.Fatalf("only %d files for %d modules", len(files), len(Modules))
+	}
+	dep, err := os.ReadFile(filepath.Join(ModuleDir("/", kver), "modules.dep"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	filtered, err := FilterDep(dep, files)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(string(filtered)), "\n")
+	if len(lines) != len(files) {
+		t.Fatalf("filtered modules.dep has %d lines for %d files", len(lines), len(files))
+	}
+}
+
+func TestResolveUnknown(t *testing.T) {
+	_, err := Resolve("/", hostKernel(t), []string{"no_such_module_xyz"})
+	if err == nil || !strings.Contains(err.Error(), "no_such_module_xyz") {
+		t.Fatalf("want an error naming the module, got %v", err)
+	}
+}
+
+func TestListRoundTrip(t *testing.T) {
+	got, err := ParseList(FormatList(Modules))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(got, stripWhy(Modules)) {
+		t.Fatalf("round trip changed the list")
+	}
+	if _, err := ParseList([]byte("ext4 maybe\n")); err == nil {
+		t.Fatal("accepted a bad list line")
+	}
+}
+
+func stripWhy(m []Module) []Module {
+	out := slices.Clone(m)
+	for i := range out {
+		out[i].Why = ""
+	}
+	return out
+}

@@ -1,0 +1,117 @@
+package qemutests
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/bulwarkvm/bulwark/qemu-tests/harness"
+)
+
+const (
+	bootTimeout = 120 * time.Second
+	offTimeout  = 60 * time.Second
+)
+
+// TestDirectBoot boots the kernel and initramfs directly with a static
+// address on the test bridge: the node reports every stage, a test client
+// reaches it over IPv4 and IPv6, and the power button powers it off cleanly.
+func TestDirectBoot(t *testing.T) {
+	n := harness.NewNet(t)
+	client := n.AddClient("10.99.0.20/24", "fd99::20/64")
+	stranger := n.AddClient("10.99.0.30/24")
+	vm := harness.Start(t, harness.Options{Name: "direct", Image: image(t), Config: example(t, "node-static.json"), Net: n})
+	ready := vm.MustWaitFor(`^bulwark: ready$`, bootTimeout)
+	t.Logf("ready after %.1fs", ready.At.Seconds())
+
+	console := vm.Console()
+	for _, stage := range []string{"mounts", "hardening", "modules", "power button", "entropy", "config", "network"} {
+		if !strings.Contains(console, "bulwark:   "+stage+" ") {
+			t.Errorf("readiness report lacks stage %q", stage)
+		}
+	}
+	if strings.Contains(console, " failed ") {
+		t.Errorf("a stage failed")
+	}
+	if !strings.Contains(console, "eth0 10.99.0.10/24 fd99::10/64 mtu 1500") {
+		t.Errorf("network detail missing from the report")
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for _, target := range []string{"10.99.0.10", "fd99::10"} {
+		out, err := client.Command(ctx, "ping", "-c", "3", "-W", "5", target).CombinedOutput()
+		if err != nil {
+			t.Errorf("ping %s from the test client: %v\n%s", target, err, out)
+		}
+	}
+	// The harness itself must be able to tell failure: an address nobody
+	// holds does not answer.
+	if out, err := stranger.Command(ctx, "ping", "-c", "1", "-W", "2", "10.99.0.99").CombinedOutput(); err == nil {
+		t.Errorf("ping of an unused address succeeded:\n%s", out)
+	}
+
+	if err := vm.PowerButton(); err != nil {
+		t.Fatal(err)
+	}
+	vm.MustWaitFor(`^bulwark: powered off cleanly$`, offTimeout)
+	if err := vm.WaitExit(offTimeout); err != nil {
+		t.Fatalf("QEMU did not exit cleanly after power-off: %v", err)
+	}
+}
+
+// TestUEFIBoot boots the GPT disk through OVMF and systemd-boot, with the
+// config on a BULWARKCFG volume instead of fw_cfg.
+func TestUEFIBoot(t *testing.T) {
+	vm := harness.Start(t, harness.Options{Name: "uefi", Image: image(t), UEFI: true,
+		Config: []byte(`{"version":1,"hostname":"uefi-node"}`), ConfigVolume: true})
+	ready := vm.MustWaitFor(`^bulwark: ready$`, 2*bootTimeout)
+	t.Logf("ready after %.1fs", ready.At.Seconds())
+	if !strings.Contains(vm.Console(), "config accepted source=\"volume BULWARKCFG") {
+		t.Errorf("config did not come from the volume")
+	}
+	if err := vm.PowerButton(); err != nil {
+		t.Fatal(err)
+	}
+	vm.MustWaitFor(`^bulwark: powered off cleanly$`, offTimeout)
+	if err := vm.WaitExit(offTimeout); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestBadConfig: an invalid, a missing and an ambiguous config each halt the
+// node with a FATAL line that says why, and it never becomes ready.
+func TestBadConfig(t *testing.T) {
+	cases := []struct {
+		name   string
+		opts   harness.Options
+		reason string
+	}{
+		{"invalid field", harness.Options{Config: example(t, "invalid-mtu.json")}, `network\.interfaces\[0\]\.mtu: 70000 is out of range`},
+		{"unknown field", harness.Options{Config: []byte(`{"version":1,"hostname":"n","sshd":true}`)}, `config: sshd: unknown field`},
+		{"missing", harness.Options{}, `config: none found`},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			o := c.opts
+			o.Name, o.Image, o.ExpectFatal = "badcfg", image(t), true
+			vm := harness.Start(t, o)
+			vm.MustWaitFor(`^bulwark: FATAL: .*`+c.reason, bootTimeout)
+			vm.MustWaitFor(`^bulwark: halted`, 10*time.Second)
+			for _, l := range vm.Lines() {
+				if l.Text == "bulwark: ready" {
+					t.Fatal("a node with a bad config said ready")
+				}
+			}
+			// Halted, it still powers off on request.
+			if err := vm.PowerButton(); err != nil {
+				t.Fatal(err)
+			}
+			vm.MustWaitFor(`^bulwark: powered off cleanly$`, offTimeout)
+			if err := vm.WaitExit(offTimeout); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
