@@ -2,17 +2,17 @@ package initramfs
 
 import (
 	"bytes"
-	"compress/gzip"
 	"io"
 	"os"
 	"testing"
 
+	"github.com/klauspost/compress/zstd"
 	"github.com/u-root/u-root/pkg/cpio"
 )
 
 func read(t *testing.T, b []byte) map[string]cpio.Record {
 	t.Helper()
-	zr, err := gzip.NewReader(bytes.NewReader(b))
+	zr, err := zstd.NewReader(bytes.NewReader(b))
 	if err != nil {
 		t.Fatal(err)
 	}

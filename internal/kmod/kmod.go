@@ -149,19 +149,56 @@ func FilterDep(depFile []byte, files []string) ([]byte, error) {
 }
 
 // Load loads the named modules and their dependencies from
-// /lib/modules/<running kernel>. It returns the names that failed with
-// their errors; the caller decides which failures are fatal.
+// /lib/modules/<running kernel>. The first pass loads all of them at once:
+// kmodule's prober loads each module once, after its dependencies, and
+// independent modules load in parallel (loading is mostly signature checks
+// and relocation, which use every CPU). A module whose init needs a soft
+// dependency that was not there yet (libcrc32c asks the crypto API for
+// crc32c) fails in that pass; the second pass retries the failures one by
+// one, in list order, with everything else loaded. It returns the names that
+// failed both times with their errors; the caller decides which are fatal.
 func Load(names []string) (map[string]error, error) {
+	failed, err := loadPass(names, true)
+	if err != nil || len(failed) == 0 {
+		return failed, err
+	}
+	var retry []string
+	for _, n := range names {
+		if _, ok := failed[n]; ok {
+			retry = append(retry, n)
+		}
+	}
+	return loadPass(retry, false)
+}
+
+func loadPass(names []string, parallel bool) (map[string]error, error) {
+	// A fresh prober: kmodule remembers a failure for the prober's lifetime.
 	prober, err := kmodule.NewProber(kmodule.ProbeOpts{})
 	if err != nil {
 		return nil, fmt.Errorf("kmod: %w", err)
 	}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
 	failed := map[string]error{}
-	for _, n := range names {
+	probe := func(n string) {
 		if err := prober.Probe(n, ""); err != nil {
+			mu.Lock()
 			failed[n] = err
+			mu.Unlock()
 		}
 	}
+	for _, n := range names {
+		if !parallel {
+			probe(n)
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			probe(n)
+		}()
+	}
+	wg.Wait()
 	return failed, nil
 }
 
