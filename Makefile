@@ -8,7 +8,8 @@ OUT   ?= out
 # Debian packages: the kernel and firmware the image is built from and booted
 # with, QEMU, the host tools the image build and the tests run.
 DEBS := linux-image-amd64 systemd-boot-efi ovmf qemu-system-x86 qemu-utils \
-        e2fsprogs dosfstools mtools cryptsetup-bin iproute2 nftables iputils-ping
+        e2fsprogs dosfstools mtools cryptsetup-bin iproute2 nftables iputils-ping \
+        dnsmasq-base swtpm swtpm-tools
 
 export CGO_ENABLED := 0
 

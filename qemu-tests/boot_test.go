@@ -2,6 +2,7 @@ package qemutests
 
 import (
 	"context"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -21,7 +22,7 @@ func TestDirectBoot(t *testing.T) {
 	n := harness.NewNet(t)
 	client := n.AddClient("10.99.0.20/24", "fd99::20/64")
 	stranger := n.AddClient("10.99.0.30/24")
-	vm := harness.Start(t, harness.Options{Name: "direct", Image: image(t), Config: example(t, "node-static.json"), Net: n})
+	vm := harness.Start(t, harness.Options{Name: "direct", Image: image(t), Config: example(t, "node-static.json"), Net: n, Pcap: true})
 	ready := vm.MustWaitFor(`^bulwark: ready$`, bootTimeout)
 	t.Logf("ready after %.1fs", ready.At.Seconds())
 
@@ -37,6 +38,9 @@ func TestDirectBoot(t *testing.T) {
 	if !strings.Contains(console, "eth0 10.99.0.10/24 fd99::10/64 mtu 1500") {
 		t.Errorf("network detail missing from the report")
 	}
+	if !strings.Contains(console, "kernel RNG ready, no TPM") {
+		t.Errorf("a node without a TPM did not report \"no TPM\"")
+	}
 
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -45,6 +49,10 @@ func TestDirectBoot(t *testing.T) {
 		if err != nil {
 			t.Errorf("ping %s from the test client: %v\n%s", target, err, out)
 		}
+	}
+	// The capture saw the echo replies leave the node.
+	if st, err := os.Stat(vm.PcapPath()); err != nil || st.Size() < 24+6*(16+98) {
+		t.Errorf("capture %s holds less than six ICMP packets: %v", vm.PcapPath(), err)
 	}
 	// The harness itself must be able to tell failure: an address nobody
 	// holds does not answer.
@@ -62,14 +70,17 @@ func TestDirectBoot(t *testing.T) {
 }
 
 // TestUEFIBoot boots the GPT disk through OVMF and systemd-boot, with the
-// config on a BULWARKCFG volume instead of fw_cfg.
+// config on a BULWARKCFG volume instead of fw_cfg and a TPM (swtpm).
 func TestUEFIBoot(t *testing.T) {
 	vm := harness.Start(t, harness.Options{Name: "uefi", Image: image(t), UEFI: true,
-		Config: []byte(`{"version":1,"hostname":"uefi-node"}`), ConfigVolume: true})
+		Config: []byte(`{"version":1,"hostname":"uefi-node"}`), ConfigVolume: true, TPM: true})
 	ready := vm.MustWaitFor(`^bulwark: ready$`, 2*bootTimeout)
 	t.Logf("ready after %.1fs", ready.At.Seconds())
 	if !strings.Contains(vm.Console(), "config accepted source=\"volume BULWARKCFG") {
 		t.Errorf("config did not come from the volume")
+	}
+	if !strings.Contains(vm.Console(), "kernel RNG ready, TPM /dev/tpmrm0") {
+		t.Errorf("the node did not see the swtpm TPM")
 	}
 	if err := vm.PowerButton(); err != nil {
 		t.Fatal(err)

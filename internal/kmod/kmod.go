@@ -67,6 +67,8 @@ var Modules = []Module{
 	{Name: "seqiv", Why: "ESP IV generation"},
 	{Name: "echainiv", Why: "ESP IV generation"},
 	{Name: "authenc", Why: "ESP"},
+	{Name: "tpm_crb", Why: "TPM 2.0 (CRB interface)"},
+	{Name: "tpm_tis", Why: "TPM 2.0 (TIS interface)"},
 }
 
 // Names returns the module names of a list.

@@ -85,6 +85,9 @@ type Options struct {
 	ExtraArgs   []string
 	// Echo, when set, receives each console line as it arrives.
 	Echo io.Writer
+	// TPM attaches a TPM 2.0 (tpm-crb) backed by an swtpm process that the
+	// harness starts and stops with the VM.
+	TPM bool
 }
 
 // VM is a running QEMU.
@@ -210,6 +213,14 @@ func (vm *VM) args() ([]string, error) {
 		a = append(a, "-drive", fmt.Sprintf("if=none,id=data%d,format=raw,file=%s", i, d),
 			"-device", fmt.Sprintf("virtio-blk-pci,drive=data%d,serial=data%d", i, i))
 	}
+	if o.TPM {
+		sock, err := vm.startSwtpm()
+		if err != nil {
+			return nil, err
+		}
+		a = append(a, "-chardev", "socket,id=chrtpm,path="+sock,
+			"-tpmdev", "emulator,id=tpm0,chardev=chrtpm", "-device", "tpm-crb,tpmdev=tpm0")
+	}
 	if o.Net != nil {
 		tap := o.Net.tap()
 		mac := o.MAC
@@ -225,6 +236,31 @@ func (vm *VM) args() ([]string, error) {
 		a = append(a, "-nic", "none")
 	}
 	return append(a, o.ExtraArgs...), nil
+}
+
+// startSwtpm starts a TPM 2.0 emulator with its state in the VM's directory
+// and returns its control socket. It ends with the test.
+func (vm *VM) startSwtpm() (string, error) {
+	state := filepath.Join(vm.dir, "tpm")
+	if err := os.MkdirAll(state, 0o700); err != nil {
+		return "", err
+	}
+	sock := filepath.Join(vm.dir, "swtpm.sock")
+	cmd := exec.Command("swtpm", "socket", "--tpm2", "--tpmstate", "dir="+state,
+		"--ctrl", "type=unixio,path="+sock, "--flags", "startup-clear")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	cmd.Stderr = &lockedWriter{mu: &vm.mu, w: &vm.stderr}
+	if err := cmd.Start(); err != nil {
+		return "", fmt.Errorf("starting swtpm: %w", err)
+	}
+	addCleanup(vm.t, func() { cmd.Process.Kill(); cmd.Wait() })
+	for i := 0; i < 100; i++ {
+		if _, err := os.Stat(sock); err == nil {
+			return sock, nil
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return "", fmt.Errorf("swtpm did not create %s", sock)
 }
 
 // Dir is the VM's private directory (pcap files, firmware variables).
