@@ -47,7 +47,7 @@ type teardownStep struct {
 }
 
 // A stage does one step of the boot. Its detail goes into the readiness
-// report; warnings are logged by the stage itself and marked with errWarn.
+// report; a stage that is degraded but usable returns a warning.
 type stageFunc func(b *boot) (detail string, err error)
 
 // warning marks a stage result that is degraded but not fatal.

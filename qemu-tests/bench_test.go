@@ -24,13 +24,16 @@ func BenchmarkBootOverhead(b *testing.B) {
 		vm := harness.Start(b, harness.Options{Name: "trivial", Image: trivial})
 		l := vm.MustWaitFor(`^trivial: up$`, bootTimeout)
 		base += l.At
-		vm.WaitExit(offTimeout)
+		if err := vm.WaitExit(offTimeout); err != nil {
+			b.Fatal(err)
+		}
 
 		vm = harness.Start(b, harness.Options{Name: "bulwark", Image: img, Config: cfg})
 		l = vm.MustWaitFor(`^bulwark: ready$`, bootTimeout)
 		ours += l.At
-		vm.PowerButton()
-		vm.WaitExit(offTimeout)
+		if err := vm.PowerOff(offTimeout); err != nil {
+			b.Fatal(err)
+		}
 	}
 	n := float64(b.N)
 	b.ReportMetric(ours.Seconds()/n, "s-to-ready")

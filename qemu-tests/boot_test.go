@@ -60,12 +60,8 @@ func TestDirectBoot(t *testing.T) {
 		t.Errorf("ping of an unused address succeeded:\n%s", out)
 	}
 
-	if err := vm.PowerButton(); err != nil {
+	if err := vm.PowerOff(offTimeout); err != nil {
 		t.Fatal(err)
-	}
-	vm.MustWaitFor(`^bulwark: powered off cleanly$`, offTimeout)
-	if err := vm.WaitExit(offTimeout); err != nil {
-		t.Fatalf("QEMU did not exit cleanly after power-off: %v", err)
 	}
 }
 
@@ -82,11 +78,7 @@ func TestUEFIBoot(t *testing.T) {
 	if !strings.Contains(vm.Console(), "kernel RNG ready, TPM /dev/tpmrm0") {
 		t.Errorf("the node did not see the swtpm TPM")
 	}
-	if err := vm.PowerButton(); err != nil {
-		t.Fatal(err)
-	}
-	vm.MustWaitFor(`^bulwark: powered off cleanly$`, offTimeout)
-	if err := vm.WaitExit(offTimeout); err != nil {
+	if err := vm.PowerOff(offTimeout); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -116,11 +108,7 @@ func TestBadConfig(t *testing.T) {
 				}
 			}
 			// Halted, it still powers off on request.
-			if err := vm.PowerButton(); err != nil {
-				t.Fatal(err)
-			}
-			vm.MustWaitFor(`^bulwark: powered off cleanly$`, offTimeout)
-			if err := vm.WaitExit(offTimeout); err != nil {
+			if err := vm.PowerOff(offTimeout); err != nil {
 				t.Fatal(err)
 			}
 		})

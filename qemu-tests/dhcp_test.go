@@ -43,8 +43,7 @@ func TestDHCP4(t *testing.T) {
 	if out, err := server.Command(pctx, "ping", "-c", "2", "-W", "5", m[1]).CombinedOutput(); err != nil {
 		t.Fatalf("ping %s: %v\n%s", m[1], err, out)
 	}
-	if err := vm.PowerButton(); err != nil {
+	if err := vm.PowerOff(offTimeout); err != nil {
 		t.Fatal(err)
 	}
-	vm.MustWaitFor(`^bulwark: powered off cleanly$`, offTimeout)
 }

@@ -2,6 +2,7 @@ package proc
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -74,13 +75,12 @@ func TestReaperMode(t *testing.T) {
 	errs := make(chan error, 20)
 	for i := range 20 {
 		go func() {
-			out, err := Run(ctx, "sh", "-c", "exit "+strconv.Itoa(i%2))
-			if i%2 == 0 && err != nil || i%2 == 1 && err == nil {
-				err = &os.PathError{Op: "run " + strconv.Itoa(i), Path: string(out), Err: err}
-			} else {
-				err = nil
+			_, err := Run(ctx, "sh", "-c", "exit "+strconv.Itoa(i%2))
+			if (err == nil) != (i%2 == 0) {
+				errs <- fmt.Errorf("run %d (exit %d): got error %v", i, i%2, err)
+				return
 			}
-			errs <- err
+			errs <- nil
 		}()
 	}
 	for range 20 {

@@ -370,6 +370,18 @@ func (vm *VM) PowerButton() error {
 	return vm.qmp("system_powerdown")
 }
 
+// PowerOff presses the power button, waits for "bulwark: powered off
+// cleanly" and for QEMU to exit.
+func (vm *VM) PowerOff(timeout time.Duration) error {
+	if err := vm.PowerButton(); err != nil {
+		return err
+	}
+	if _, err := vm.WaitFor(`^bulwark: powered off cleanly$`, timeout); err != nil {
+		return err
+	}
+	return vm.WaitExit(timeout)
+}
+
 // WaitExit waits for QEMU to exit and returns its error.
 func (vm *VM) WaitExit(timeout time.Duration) error {
 	select {
