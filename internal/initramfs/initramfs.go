@@ -1,9 +1,9 @@
 // Package initramfs assembles the node's initramfs: a newc cpio archive
-// (written by u-root's cpio package), zstd-compressed: the kernel unpacks
-// zstd several times faster than gzip, and unpacking delays PID1. The output depends only
-// on the entries' names, contents and modes: entries are written in sorted
-// order with fixed inode numbers, owners and timestamps, so the same inputs
-// give the same bytes.
+// (written by u-root's cpio package), zstd-compressed, because the kernel
+// unpacks zstd several times faster than gzip and unpacking delays PID1. The
+// output depends only on the entries' names, contents and modes: entries are
+// written in sorted order with fixed inode numbers, owners and timestamps, so
+// the same inputs give the same bytes.
 package initramfs
 
 import (
