@@ -28,6 +28,9 @@ type boot struct {
 	// IPsec, backups) add their steps here.
 	teardown []teardownStep
 	shutdown chan string
+	// notes are extra lines for the readiness report, such as one per
+	// data volume.
+	notes []string
 
 	cfg       *config.Config
 	cfgDigest string
@@ -145,6 +148,9 @@ func (b *boot) report() {
 	b.log.Info(fmt.Sprintf("  %-13s %-7s %9s  %s", "stage", "result", "time", "detail"))
 	for _, r := range b.results {
 		b.log.Info(fmt.Sprintf("  %-13s %-7s %9s  %s", r.name, r.status, round(r.duration), r.detail))
+	}
+	for _, n := range b.notes {
+		b.log.Info("  " + n)
 	}
 }
 

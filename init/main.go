@@ -24,6 +24,7 @@ func main() {
 	b.stage("entropy", waitForEntropy)        // kernel RNG ready before any key
 	b.stage("config", readConfig)             // fw_cfg or BULWARKCFG volume, strict
 	b.stage("network", configureNetwork)      // links, addresses, routes, hostname
+	b.stage("volumes", setUpVolumes)          // fresh key, LUKS2, dm-crypt, ext4, mount
 
 	b.ready()           // readiness report, then "bulwark: ready"
 	b.waitForShutdown() // power button, SIGTERM/SIGPWR/SIGINT

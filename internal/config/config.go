@@ -28,6 +28,28 @@ type Config struct {
 	Hostname string `json:"hostname"`
 	// Network configures interfaces, addresses and routes.
 	Network Network `json:"network"`
+	// Volumes are the encrypted data volumes, one per data disk.
+	Volumes []Volume `json:"volumes,omitempty"`
+}
+
+// Volume is one encrypted data volume: a whole data disk, found by its
+// serial number or its /dev/disk/by-id name, given a fresh key at every
+// boot and mounted at Mount.
+type Volume struct {
+	// Name identifies the volume in logs and in the device-mapper name
+	// (bulwark-<name>).
+	Name string `json:"name"`
+	// Serial is the disk's serial number as the hypervisor reports it
+	// (QEMU's serial= option, a cloud volume id).
+	Serial string `json:"serial,omitempty"`
+	// ByID is the disk's name under /dev/disk/by-id, such as
+	// "virtio-data0" or "nvme-Amazon_Elastic_Block_Store_vol0123".
+	ByID string `json:"by_id,omitempty"`
+	// Mount is the absolute path the file system is mounted at.
+	Mount string `json:"mount"`
+	// Discard passes discards (TRIM) through the encryption. Off by
+	// default: discarded blocks reveal which parts of the disk hold data.
+	Discard bool `json:"discard,omitempty"`
 }
 
 // Network is the node's network configuration.

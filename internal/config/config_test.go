@@ -70,6 +70,18 @@ func TestRejects(t *testing.T) {
 		{"route family", `{"version":1,"hostname":"n1","network":{"routes":[{"to":"::/0","via":"10.0.0.1"}]}}`, "network.routes[0].via: gateway 10.0.0.1 is not of the same address family"},
 		{"route onlink", `{"version":1,"hostname":"n1","network":{"routes":[{"to":"10.1.0.0/16"}]}}`, "network.routes[0]: an on-link route"},
 		{"route interface", `{"version":1,"hostname":"n1","network":{"routes":[{"to":"10.1.0.0/16","interface":"eth9"}]}}`, `network.routes[0].interface: "eth9" is not one of`},
+		{"volume no disk", vols(`{"name":"data","mount":"/data"}`), "volumes[0]: give the disk's serial or by_id"},
+		{"volume both ids", vols(`{"name":"data","serial":"d0","by_id":"virtio-d0","mount":"/data"}`), "not both"},
+		{"volume name", vols(`{"name":"Data","serial":"d0","mount":"/data"}`), "volumes[0].name: \"Data\": only lowercase"},
+		{"volume name twice", vols(`{"name":"a","serial":"d0","mount":"/a"},{"name":"a","serial":"d1","mount":"/b"}`), "volumes[1].name: \"a\" is also the name of volumes[0]"},
+		{"volume disk twice", vols(`{"name":"a","serial":"d0","mount":"/a"},{"name":"b","serial":"d0","mount":"/b"}`), "volumes[1]: serial d0 is also the disk of volumes[0]"},
+		{"volume serial space", vols(`{"name":"a","serial":"d 0","mount":"/a"}`), "volumes[0].serial"},
+		{"volume mount relative", vols(`{"name":"a","serial":"d0","mount":"data"}`), "volumes[0].mount: \"data\" must be an absolute, clean path"},
+		{"volume mount unclean", vols(`{"name":"a","serial":"d0","mount":"/data/../x"}`), "volumes[0].mount"},
+		{"volume mount root", vols(`{"name":"a","serial":"d0","mount":"/"}`), "volumes[0].mount"},
+		{"volume mount proc", vols(`{"name":"a","serial":"d0","mount":"/proc/x"}`), "inside /proc"},
+		{"volume mount nested", vols(`{"name":"a","serial":"d0","mount":"/data"},{"name":"b","serial":"d1","mount":"/data/wal"}`), "volumes[1].mount: \"/data/wal\" overlaps \"/data\""},
+		{"volume discard type", vols(`{"name":"a","serial":"d0","mount":"/a","discard":1}`), "volumes[0].discard: must be true or false"},
 		{"too large", `{"version":1,"hostname":"` + strings.Repeat("a", MaxSize) + `"}`, "the limit is"},
 	}
 	for _, c := range cases {
@@ -86,6 +98,10 @@ func TestRejects(t *testing.T) {
 			}
 		})
 	}
+}
+
+func vols(v string) string {
+	return `{"version":1,"hostname":"n1","volumes":[` + v + `]}`
 }
 
 func TestDigestStable(t *testing.T) {

@@ -3,6 +3,7 @@ package config
 import (
 	"fmt"
 	"net/netip"
+	"path"
 	"strings"
 )
 
@@ -15,6 +16,7 @@ const (
 	minMTU        = 576
 	minMTUv6      = 1280
 	maxMTU        = 9216
+	maxVolumes    = 16
 )
 
 // Validate checks every field; the first problem is returned with its path.
@@ -25,7 +27,10 @@ func (c *Config) Validate() error {
 	if err := checkHostname(c.Hostname); err != nil {
 		return fmt.Errorf("hostname: %w", err)
 	}
-	return c.Network.validate()
+	if err := c.Network.validate(); err != nil {
+		return err
+	}
+	return validateVolumes(c.Volumes)
 }
 
 func checkHostname(h string) error {
@@ -170,4 +175,100 @@ func ParseNetworkPrefix(s string) (netip.Prefix, error) {
 		return netip.Prefix{}, fmt.Errorf("%q has host bits set; did you mean %s?", s, m)
 	}
 	return p, nil
+}
+
+func validateVolumes(vs []Volume) error {
+	if len(vs) > maxVolumes {
+		return fmt.Errorf("volumes: %d entries; the limit is %d", len(vs), maxVolumes)
+	}
+	names, disks, mounts := map[string]int{}, map[string]int{}, map[string]int{}
+	for i, v := range vs {
+		at := fmt.Sprintf("volumes[%d]", i)
+		if err := checkVolumeName(v.Name); err != nil {
+			return fmt.Errorf("%s.name: %w", at, err)
+		}
+		if j, dup := names[v.Name]; dup {
+			return fmt.Errorf("%s.name: %q is also the name of volumes[%d]", at, v.Name, j)
+		}
+		names[v.Name] = i
+		var disk string
+		switch {
+		case v.Serial == "" && v.ByID == "":
+			return fmt.Errorf("%s: give the disk's serial or by_id", at)
+		case v.Serial != "" && v.ByID != "":
+			return fmt.Errorf("%s: give serial or by_id, not both", at)
+		case v.Serial != "":
+			if err := checkDiskID(v.Serial); err != nil {
+				return fmt.Errorf("%s.serial: %w", at, err)
+			}
+			disk = "serial " + v.Serial
+		default:
+			if err := checkDiskID(v.ByID); err != nil {
+				return fmt.Errorf("%s.by_id: %w", at, err)
+			}
+			disk = "by_id " + v.ByID
+		}
+		if j, dup := disks[disk]; dup {
+			return fmt.Errorf("%s: %s is also the disk of volumes[%d]", at, disk, j)
+		}
+		disks[disk] = i
+		if err := checkMountPoint(v.Mount); err != nil {
+			return fmt.Errorf("%s.mount: %w", at, err)
+		}
+		for m, j := range mounts {
+			if m == v.Mount || strings.HasPrefix(v.Mount, m+"/") || strings.HasPrefix(m, v.Mount+"/") {
+				return fmt.Errorf("%s.mount: %q overlaps %q of volumes[%d]", at, v.Mount, m, j)
+			}
+		}
+		mounts[v.Mount] = i
+	}
+	return nil
+}
+
+func checkVolumeName(n string) error {
+	if n == "" || len(n) > 32 {
+		return fmt.Errorf("%q: 1 to 32 characters", n)
+	}
+	for _, r := range n {
+		if !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-') {
+			return fmt.Errorf("%q: only lowercase letters, digits and '-' are allowed", n)
+		}
+	}
+	return nil
+}
+
+func checkDiskID(s string) error {
+	if len(s) > 128 {
+		return fmt.Errorf("%q is longer than 128 characters", s)
+	}
+	for _, r := range s {
+		if r <= ' ' || r > '~' || r == '/' {
+			return fmt.Errorf("%q: only printable ASCII without spaces or '/' is allowed", s)
+		}
+	}
+	return nil
+}
+
+// reservedMounts are the init's own file systems.
+var reservedMounts = []string{"/proc", "/sys", "/dev", "/run", "/etc", "/usr", "/lib", "/bin", "/sbin", "/init"}
+
+func checkMountPoint(p string) error {
+	if p == "" {
+		return fmt.Errorf("is required")
+	}
+	if !strings.HasPrefix(p, "/") || path.Clean(p) != p {
+		return fmt.Errorf("%q must be an absolute, clean path (such as /var/lib/postgresql)", p)
+	}
+	if p == "/" {
+		return fmt.Errorf("%q: the root is the initramfs; mount the volume below it", p)
+	}
+	for _, r := range reservedMounts {
+		if p == r || strings.HasPrefix(p, r+"/") {
+			return fmt.Errorf("%q is inside %s, which the init uses", p, r)
+		}
+	}
+	if len(p) > 256 {
+		return fmt.Errorf("%q is longer than 256 characters", p)
+	}
+	return nil
 }
