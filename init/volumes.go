@@ -24,7 +24,7 @@ func setUpVolumes(b *boot) (string, error) {
 		if err != nil {
 			return "", err
 		}
-		b.log.Info(fmt.Sprintf("volume %s: found %s on %s; made a new volume", v.Name, v.Previous, v.Disk))
+		b.log.Info(fmt.Sprintf("volume %s: %s %s; it is now a new volume with a new key", v.Name, v.Disk, v.Previous))
 		b.log.Info("volume " + v.Summary())
 		b.notes = append(b.notes, "volume "+v.Summary())
 		b.onShutdown("crypto-erase volume "+v.Name, v.Erase)

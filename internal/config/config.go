@@ -30,6 +30,20 @@ type Config struct {
 	Network Network `json:"network"`
 	// Volumes are the encrypted data volumes, one per data disk.
 	Volumes []Volume `json:"volumes,omitempty"`
+	// Workload is the service the node exists for (the database).
+	Workload *Workload `json:"workload,omitempty"`
+}
+
+// Workload is the program the node runs once its volumes are mounted: the
+// database server. It runs as an unprivileged user, owns the data volumes,
+// and is stopped before they are erased at shutdown.
+type Workload struct {
+	// Command is the program (an absolute path inside the image) and its
+	// arguments.
+	Command []string `json:"command"`
+	// UID and GID the workload runs as; not root.
+	UID int `json:"uid"`
+	GID int `json:"gid"`
 }
 
 // Volume is one encrypted data volume: a whole data disk, found by its

@@ -82,6 +82,10 @@ func TestRejects(t *testing.T) {
 		{"volume mount proc", vols(`{"name":"a","serial":"d0","mount":"/proc/x"}`), "inside /proc"},
 		{"volume mount nested", vols(`{"name":"a","serial":"d0","mount":"/data"},{"name":"b","serial":"d1","mount":"/data/wal"}`), "volumes[1].mount: \"/data/wal\" overlaps \"/data\""},
 		{"volume discard type", vols(`{"name":"a","serial":"d0","mount":"/a","discard":1}`), "volumes[0].discard: must be true or false"},
+		{"workload no command", `{"version":1,"hostname":"n1","workload":{"command":[],"uid":70,"gid":70}}`, "workload.command: is required"},
+		{"workload relative", `{"version":1,"hostname":"n1","workload":{"command":["postgres"],"uid":70,"gid":70}}`, "workload.command[0]"},
+		{"workload root", `{"version":1,"hostname":"n1","workload":{"command":["/usr/bin/x"],"uid":0,"gid":70}}`, "workload.uid: 0"},
+		{"workload gid", `{"version":1,"hostname":"n1","workload":{"command":["/usr/bin/x"],"uid":70}}`, "workload.gid: 0"},
 		{"too large", `{"version":1,"hostname":"` + strings.Repeat("a", MaxSize) + `"}`, "the limit is"},
 	}
 	for _, c := range cases {

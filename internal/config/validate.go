@@ -30,7 +30,37 @@ func (c *Config) Validate() error {
 	if err := c.Network.validate(); err != nil {
 		return err
 	}
-	return validateVolumes(c.Volumes)
+	if err := validateVolumes(c.Volumes); err != nil {
+		return err
+	}
+	if c.Workload != nil {
+		return c.Workload.validate()
+	}
+	return nil
+}
+
+func (w *Workload) validate() error {
+	if len(w.Command) == 0 {
+		return fmt.Errorf("workload.command: is required")
+	}
+	if len(w.Command) > 64 {
+		return fmt.Errorf("workload.command: %d entries; the limit is 64", len(w.Command))
+	}
+	if p := w.Command[0]; !strings.HasPrefix(p, "/") || path.Clean(p) != p {
+		return fmt.Errorf("workload.command[0]: %q must be an absolute, clean path to a program in the image", p)
+	}
+	for i, a := range w.Command {
+		if len(a) > 4096 || strings.ContainsRune(a, 0) {
+			return fmt.Errorf("workload.command[%d]: longer than 4096 bytes or contains NUL", i)
+		}
+	}
+	if w.UID < 1 || w.UID > 65534 {
+		return fmt.Errorf("workload.uid: %d; the workload runs as an unprivileged user (1 to 65534)", w.UID)
+	}
+	if w.GID < 1 || w.GID > 65534 {
+		return fmt.Errorf("workload.gid: %d; use a group other than root (1 to 65534)", w.GID)
+	}
+	return nil
 }
 
 func checkHostname(h string) error {

@@ -122,7 +122,10 @@ func (c *Control) call(cmd uintptr, name string, flags uint32, payload []byte, e
 		// happened.
 		var out header
 		binary.Read(bytes.NewReader(buf), binary.NativeEndian, &out)
-		data := append([]byte(nil), buf[min(int(out.DataStart), len(buf)):min(int(out.DataSize), len(buf))]...)
+		var data []byte
+		if start, end := int(out.DataStart), min(int(out.DataSize), len(buf)); start < end {
+			data = append(data, buf[start:end]...)
+		}
 		clear(buf)
 		if errno != 0 {
 			return out, nil, errno

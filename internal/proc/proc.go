@@ -82,51 +82,15 @@ func Run(ctx context.Context, argv ...string) ([]byte, error) {
 	if len(argv) == 0 {
 		return nil, fmt.Errorf("proc: empty command")
 	}
-	mu.Lock()
-	r := reaping
-	mu.Unlock()
-	if !r {
-		out, err := exec.CommandContext(ctx, argv[0], argv[1:]...).CombinedOutput()
-		if err != nil {
-			return out, fmt.Errorf("%s: %w: %s", argv[0], err, bytes.TrimSpace(out))
-		}
-		return out, nil
-	}
-	path, err := exec.LookPath(argv[0])
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", argv[0], err)
-	}
 	pr, pw, err := os.Pipe()
 	if err != nil {
 		return nil, err
 	}
-	devnull, err := os.Open(os.DevNull)
-	if err != nil {
-		pr.Close()
-		pw.Close()
-		return nil, err
-	}
-	done := make(chan unix.WaitStatus, 1)
-	mu.Lock()
-	p, err := os.StartProcess(path, argv, &os.ProcAttr{
-		Files: []*os.File{devnull, pw, pw},
-		Env:   []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C"},
-		Sys:   &syscall.SysProcAttr{Setsid: true},
-	})
-	if err == nil {
-		if st, ok := early[p.Pid]; ok {
-			delete(early, p.Pid)
-			done <- st
-		} else {
-			waiters[p.Pid] = done
-		}
-	}
-	mu.Unlock()
+	p, err := Start(Spec{Argv: argv, Stdout: pw})
 	pw.Close()
-	devnull.Close()
 	if err != nil {
 		pr.Close()
-		return nil, fmt.Errorf("%s: %w", argv[0], err)
+		return nil, err
 	}
 	outc := make(chan []byte, 1)
 	go func() {
@@ -137,11 +101,12 @@ func Run(ctx context.Context, argv ...string) ([]byte, error) {
 	}()
 	var st unix.WaitStatus
 	select {
-	case st = <-done:
+	case <-p.Done():
 	case <-ctx.Done():
 		p.Signal(syscall.SIGKILL)
-		st = <-done
+		<-p.Done()
 	}
+	st = p.Status()
 	out := <-outc
 	switch {
 	case ctx.Err() != nil:
@@ -153,3 +118,101 @@ func Run(ctx context.Context, argv ...string) ([]byte, error) {
 	}
 	return out, nil
 }
+
+// Spec describes a child process for Start.
+type Spec struct {
+	Argv []string
+	// UID and GID, when UID is not zero, are the credentials the child
+	// runs with (supplementary groups cleared). A non-root child loses
+	// every capability at exec.
+	UID, GID uint32
+	Dir      string
+	Env      []string // default: PATH and LC_ALL=C
+	// Stdout receives the child's standard output and error; nil means
+	// /dev/null. Standard input is always /dev/null.
+	Stdout *os.File
+}
+
+// Process is a child started by Start.
+type Process struct {
+	p    *os.Process
+	done chan struct{}
+	st   unix.WaitStatus
+}
+
+// Start starts a child in its own session. It works with and without the
+// reaper; with it, the reaper collects the exit status.
+func Start(s Spec) (*Process, error) {
+	if len(s.Argv) == 0 {
+		return nil, fmt.Errorf("proc: empty command")
+	}
+	path, err := exec.LookPath(s.Argv[0])
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", s.Argv[0], err)
+	}
+	devnull, err := os.OpenFile(os.DevNull, os.O_RDWR, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer devnull.Close()
+	out := s.Stdout
+	if out == nil {
+		out = devnull
+	}
+	env := s.Env
+	if env == nil {
+		env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C"}
+	}
+	sys := &syscall.SysProcAttr{Setsid: true}
+	if s.UID != 0 {
+		sys.Credential = &syscall.Credential{Uid: s.UID, Gid: s.GID, Groups: []uint32{}}
+	}
+	done := make(chan unix.WaitStatus, 1)
+	mu.Lock()
+	r := reaping
+	p, err := os.StartProcess(path, s.Argv, &os.ProcAttr{Dir: s.Dir, Files: []*os.File{devnull, out, out}, Env: env, Sys: sys})
+	if err == nil && r {
+		if st, ok := early[p.Pid]; ok {
+			delete(early, p.Pid)
+			done <- st
+		} else {
+			waiters[p.Pid] = done
+		}
+	}
+	mu.Unlock()
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", s.Argv[0], err)
+	}
+	proc := &Process{p: p, done: make(chan struct{})}
+	go func() {
+		if r {
+			proc.st = <-done
+		} else {
+			ps, _ := p.Wait()
+			if ps != nil {
+				proc.st = unix.WaitStatus(ps.Sys().(syscall.WaitStatus))
+			}
+		}
+		close(proc.done)
+	}()
+	return proc, nil
+}
+
+// Pid is the child's process id.
+func (p *Process) Pid() int { return p.p.Pid }
+
+// Signal sends sig to the child unless it has exited.
+func (p *Process) Signal(sig os.Signal) error {
+	select {
+	case <-p.done:
+		return nil
+	default:
+	}
+	return p.p.Signal(sig)
+}
+
+// Done is closed when the child has exited.
+func (p *Process) Done() <-chan struct{} { return p.done }
+
+// Status is the child's wait status, valid once Done is closed.
+func (p *Process) Status() unix.WaitStatus { return p.st }

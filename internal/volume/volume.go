@@ -68,7 +68,8 @@ type Volume struct {
 	SectorSize int
 	DataBytes  int64
 	Discard    bool
-	// Previous says what the disk held before this boot formatted it.
+	// Previous says what the disk held before this boot formatted it
+	// ("held nothing recognisable ...").
 	Previous string
 	// FormatMap is the time to draw the keys, write the header and map
 	// the volume; Mkfs the time to make the file system.
@@ -226,13 +227,13 @@ func previousContents(dev string) (string, error) {
 	}
 	defer f.Close()
 	if h, err := luks2.Read(f); err == nil {
-		return fmt.Sprintf("a LUKS2 header (uuid %s) from an earlier boot, whose key is gone", h.UUID), nil
+		return fmt.Sprintf("held a LUKS2 header (uuid %s) from an earlier boot, whose key is gone", h.UUID), nil
 	} else if !errors.Is(err, luks2.ErrNoHeader) {
-		return "a damaged LUKS2 header (" + err.Error() + ")", nil
+		return "held a damaged LUKS2 header (" + err.Error() + ")", nil
 	}
 	info, err := blkid.Probe(f, blkid.WithSkipLocking(true))
 	if err != nil || info == nil || info.Name == "" {
-		return "nothing recognisable (blank or crypto-erased)", nil
+		return "held nothing recognisable (blank or crypto-erased)", nil
 	}
 	if info.Label != nil && *info.Label == config.VolumeLabel {
 		return "", fmt.Errorf("%s is labelled %s (a config volume)", dev, config.VolumeLabel)
@@ -241,7 +242,7 @@ func previousContents(dev string) (string, error) {
 	case "gpt", "dos":
 		return "", fmt.Errorf("%s holds a %s partition table; data disks are used whole, and the boot disk is partitioned", dev, info.Name)
 	}
-	return "a " + info.Name + " signature", nil
+	return "held a " + info.Name + " signature", nil
 }
 
 // Erase crypto-erases the volume: unmount, remove the mapping (the kernel

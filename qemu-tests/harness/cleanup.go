@@ -71,8 +71,29 @@ func Main(m *testing.M) {
 			f()
 		}
 		cleanMu.Unlock()
+		removeExitPaths()
 		os.Exit(130)
 	}()
 	sweepStale()
-	os.Exit(m.Run())
+	code := m.Run()
+	removeExitPaths()
+	os.Exit(code)
+}
+
+var exitPaths []string
+
+// RemoveOnExit removes path when the test process ends (for things shared
+// by several tests, such as a test image built once).
+func RemoveOnExit(path string) {
+	cleanMu.Lock()
+	defer cleanMu.Unlock()
+	exitPaths = append(exitPaths, path)
+}
+
+func removeExitPaths() {
+	cleanMu.Lock()
+	defer cleanMu.Unlock()
+	for _, p := range exitPaths {
+		os.RemoveAll(p)
+	}
 }

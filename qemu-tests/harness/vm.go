@@ -394,6 +394,10 @@ func (vm *VM) WaitExit(timeout time.Duration) error {
 	}
 }
 
+// Kill stops QEMU at once, as a host crash or a cloud "terminate" would:
+// the node gets no chance to shut down.
+func (vm *VM) Kill() { vm.kill() }
+
 func (vm *VM) kill() {
 	if vm.cmd == nil || vm.cmd.Process == nil {
 		return

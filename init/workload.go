@@ -1,0 +1,74 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"os"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/bulwarkvm/bulwark/internal/proc"
+)
+
+// workloadStopTimeout is how long the workload gets to stop after SIGTERM
+// before it is killed; the volumes are erased only after it is gone.
+const workloadStopTimeout = 20 * time.Second
+
+// startWorkload hands the data volumes to the workload's user and starts
+// it. Its output goes to the console, prefixed "workload: ". It is not
+// restarted when it exits: its exit is logged, and the node stays up so
+// that its state can be inspected through the console.
+func startWorkload(b *boot) (string, error) {
+	w := b.cfg.Workload
+	if w == nil {
+		return "none configured", nil
+	}
+	for _, v := range b.cfg.Volumes {
+		if err := os.Chown(v.Mount, w.UID, w.GID); err != nil {
+			return "", fmt.Errorf("workload: giving %s to uid %d: %w", v.Mount, w.UID, err)
+		}
+	}
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		return "", fmt.Errorf("workload: %w", err)
+	}
+	p, err := proc.Start(proc.Spec{Argv: w.Command, UID: uint32(w.UID), GID: uint32(w.GID), Dir: "/", Stdout: pw})
+	pw.Close()
+	if err != nil {
+		pr.Close()
+		return "", fmt.Errorf("workload: %w", err)
+	}
+	b.goSafe("workload output", func() {
+		sc := bufio.NewScanner(pr)
+		for sc.Scan() {
+			b.log.Info("workload: " + sc.Text())
+		}
+		pr.Close()
+	})
+	b.goSafe("workload exit", func() {
+		<-p.Done()
+		st := p.Status()
+		if st.Signaled() {
+			b.log.Warn("workload: killed by signal " + st.Signal().String())
+		} else if st.ExitStatus() != 0 {
+			b.log.Warn(fmt.Sprintf("workload: exited with status %d", st.ExitStatus()))
+		} else {
+			b.log.Info("workload: exited with status 0")
+		}
+	})
+	b.onShutdown("stop workload", func(ctx context.Context) error {
+		p.Signal(syscall.SIGTERM)
+		select {
+		case <-p.Done():
+			return nil
+		case <-time.After(workloadStopTimeout):
+		case <-ctx.Done():
+		}
+		p.Signal(syscall.SIGKILL)
+		<-p.Done()
+		return fmt.Errorf("workload did not stop within %s; killed", workloadStopTimeout)
+	})
+	return fmt.Sprintf("pid %d, uid %d: %s", p.Pid(), w.UID, strings.Join(w.Command, " ")), nil
+}

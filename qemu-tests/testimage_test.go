@@ -1,0 +1,111 @@
+package qemutests
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"testing"
+
+	"github.com/bulwarkvm/bulwark/internal/imagebuild"
+	"github.com/bulwarkvm/bulwark/qemu-tests/harness"
+)
+
+// testBin is where the test image keeps its test programs.
+const testBin = "/usr/libexec/bulwark-tests"
+
+var (
+	testImageOnce sync.Once
+	testImg       harness.Image
+	testImgErr    error
+)
+
+// testImage is the production image plus test programs: the real
+// cryptsetup with its libraries, the guest test runner (booted with
+// rdinit=, in place of the production init), the guest-tagged test
+// binaries, and the marker-writing test workload. The production init is
+// still /init, so booting it without rdinit= is a production node that can
+// run a test workload. Built once per test process.
+func testImage(t testing.TB) harness.Image {
+	t.Helper()
+	testImageOnce.Do(func() { testImg, testImgErr = buildTestImage(image(t)) })
+	if testImgErr != nil {
+		t.Fatal(testImgErr)
+	}
+	return testImg
+}
+
+func buildTestImage(base harness.Image) (harness.Image, error) {
+	dir, err := os.MkdirTemp("", "bulwark-testimage-")
+	if err != nil {
+		return harness.Image{}, err
+	}
+	harness.RemoveOnExit(dir)
+	bins := filepath.Join(dir, "bin")
+	extra := map[string]string{}
+	build := func(name string, args ...string) error {
+		out := filepath.Join(bins, name)
+		cmd := exec.Command("go", append(append([]string{}, args[:len(args)-1]...), "-trimpath", "-o", out, args[len(args)-1])...)
+		cmd.Dir = ".."
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if b, err := cmd.CombinedOutput(); err != nil {
+			return &buildError{name, err, string(b)}
+		}
+		extra[testBin+"/"+name] = out
+		return nil
+	}
+	for _, b := range [][]string{
+		{"guesttest", "build", "./qemu-tests/testdata/guesttest"},
+		{"markerwriter", "build", "./qemu-tests/testdata/markerwriter"},
+		{"volume.test", "test", "-c", "-tags", "guest", "./internal/volume"},
+	} {
+		if err := build(b[0], b[1:]...); err != nil {
+			return harness.Image{}, err
+		}
+	}
+	src, err := filepath.Abs("..")
+	if err != nil {
+		return harness.Image{}, err
+	}
+	out := filepath.Join(dir, "out")
+	_, err = imagebuild.Build(context.Background(), imagebuild.Options{
+		OutDir:     out,
+		SourceDir:  src,
+		ExtraTools: []string{"/usr/sbin/cryptsetup"},
+		ExtraFiles: extra,
+		SkipDisk:   true,
+	})
+	if err != nil {
+		return harness.Image{}, err
+	}
+	img := base
+	img.Kernel = filepath.Join(out, "vmlinuz")
+	img.Initramfs = filepath.Join(out, "initramfs.img")
+	img.Disk = ""
+	return img, nil
+}
+
+type buildError struct {
+	name string
+	err  error
+	out  string
+}
+
+func (e *buildError) Error() string { return "building " + e.name + ": " + e.err.Error() + "\n" + e.out }
+
+// newDisk makes a sparse raw disk file of size bytes in the test's
+// directory.
+func newDisk(t testing.TB, dir, name string, size int64) string {
+	t.Helper()
+	p := filepath.Join(dir, name)
+	f, err := os.Create(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := f.Truncate(size); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
