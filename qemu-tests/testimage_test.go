@@ -92,7 +92,9 @@ type buildError struct {
 	out  string
 }
 
-func (e *buildError) Error() string { return "building " + e.name + ": " + e.err.Error() + "\n" + e.out }
+func (e *buildError) Error() string {
+	return "building " + e.name + ": " + e.err.Error() + "\n" + e.out
+}
 
 // newDisk makes a sparse raw disk file of size bytes in the test's
 // directory.
