@@ -35,5 +35,13 @@ func harden(b *boot) (string, error) {
 		}
 		set = append(set, strings.TrimPrefix(s.path, "/proc/sys/"))
 	}
-	return fmt.Sprintf("core dumps off, not dumpable, %d sysctls", len(set)), nil
+	// Fail closed if anything ever enabled swap: keys must stay in RAM.
+	swaps, err := os.ReadFile("/proc/swaps")
+	if err != nil {
+		return "", fmt.Errorf("reading /proc/swaps: %w", err)
+	}
+	if lines := strings.Split(strings.TrimSpace(string(swaps)), "\n"); len(lines) > 1 {
+		return "", fmt.Errorf("swap is enabled (%s); key material could reach a disk", strings.Join(lines[1:], "; "))
+	}
+	return fmt.Sprintf("core dumps off, not dumpable, no swap, %d sysctls", len(set)), nil
 }

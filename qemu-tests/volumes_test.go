@@ -3,10 +3,13 @@ package qemutests
 import (
 	"bytes"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -123,7 +126,7 @@ func TestVolumes(t *testing.T) {
 	cfg := fmt.Sprintf(`{"version": 1, "hostname": "vol-test",
 		"volumes": [
 			{"name": "data", "serial": "data0", "mount": "/var/lib/data"},
-			{"name": "wal", "serial": "data1", "mount": "/var/lib/wal"}
+			{"name": "wal", "by_id": "virtio-data1", "mount": "/var/lib/wal"}
 		],
 		"workload": {"command": ["%s/markerwriter", "8", "%s", "/var/lib/data/marker", "/var/lib/wal/marker"], "uid": 999, "gid": 999}}`,
 		testBin, marker)
@@ -194,4 +197,38 @@ func TestVolumes(t *testing.T) {
 	for _, d := range disks {
 		assertErased(t, d)
 	}
+}
+
+// A disk with a partition table (here a copy of the boot disk itself) is
+// never formatted: the node halts with the reason, and the disk is left
+// byte for byte as it was.
+func TestVolumeRefusesPartitionedDisk(t *testing.T) {
+	img := image(t)
+	dir := t.TempDir()
+	disk := filepath.Join(dir, "boot-copy.img")
+	if out, err := exec.Command("cp", "--sparse=always", img.Disk, disk).CombinedOutput(); err != nil {
+		t.Fatalf("%v %s", err, out)
+	}
+	before := fileDigest(t, disk)
+	cfg := `{"version": 1, "hostname": "refuse", "volumes": [{"name": "data", "serial": "data0", "mount": "/var/lib/data"}]}`
+	vm := harness.Start(t, harness.Options{Name: "refuse-boot-disk", Image: img, Config: []byte(cfg), Disks: []string{disk}, ExpectFatal: true})
+	vm.MustWaitFor(`^bulwark: FATAL: volumes: volume data: refusing to format: /dev/vda has a partition table`, 3*time.Minute)
+	vm.Kill()
+	if fileDigest(t, disk) != before {
+		t.Fatal("the refused disk was modified")
+	}
+}
+
+func fileDigest(t *testing.T, p string) string {
+	t.Helper()
+	f, err := os.Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		t.Fatal(err)
+	}
+	return hex.EncodeToString(h.Sum(nil))
 }
