@@ -13,7 +13,7 @@ DEBS := linux-image-amd64 systemd-boot-efi ovmf qemu-system-x86 qemu-utils \
 
 export CGO_ENABLED := 0
 
-.PHONY: all deps image demo test check unit fuzz qemutest bench-boot clean
+.PHONY: all deps image demo test check unit fuzz qemutest bench-boot bench-volumes clean
 
 all: image
 
@@ -57,6 +57,11 @@ qemutest:
 # the same kernel, in the same run (docs/performance.md).
 bench-boot: image
 	$(GO) test -run '^$$' -bench BootOverhead -benchtime 5x -timeout 30m ./qemu-tests/
+
+# Volumes under emulation: our format+map against cryptsetup in the guest,
+# and boot-to-ready with two 1 GiB volumes against none (docs/performance.md).
+bench-volumes: image
+	$(GO) test -run '^$$' -bench 'VolumeFormatMap|BootWithVolumes' -benchtime 3x -timeout 30m ./qemu-tests/
 
 clean:
 	rm -rf $(OUT)

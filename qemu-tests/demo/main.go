@@ -1,7 +1,9 @@
 // Command demo is make demo: it boots the built image under QEMU with an
-// example config, on a test bridge in a private network namespace, shows the
-// node's console (its readiness report), reaches it from a test client, and
-// powers it off with the ACPI power button. It exits 0 only if every step
+// example config and two blank data disks, on a test bridge in a private
+// network namespace, shows the node's console (its readiness report), shows
+// from the host that both disks are LUKS2 volumes with keys of their own,
+// reaches the node from a test client, powers it off with the ACPI power
+// button, and shows the disks crypto-erased. It exits 0 only if every step
 // worked.
 package main
 
@@ -10,6 +12,9 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -41,7 +46,7 @@ func (r *runner) close() {
 
 func main() {
 	out := flag.String("out", "out", "directory holding the built image")
-	cfgPath := flag.String("config", "docs/examples/node-static.json", "node config")
+	cfgPath := flag.String("config", "docs/examples/node-volumes.json", "node config (its volumes use the demo's two disks, serials data0 and data1)")
 	flag.Parse()
 	r := &runner{}
 	code := 0
@@ -75,11 +80,36 @@ func demo(r *runner, out, cfgPath string) {
 	n := harness.NewNet(r)
 	client := n.AddClient("10.99.0.20/24", "fd99::20/64")
 
+	r.step("two blank 256 MiB data disks, serials data0 and data1")
+	dir, err := os.MkdirTemp("", "bulwark-demo-")
+	if err != nil {
+		r.Fatal(err)
+	}
+	r.Cleanup(func() { os.RemoveAll(dir) })
+	disks := []string{filepath.Join(dir, "data0.img"), filepath.Join(dir, "data1.img")}
+	for _, d := range disks {
+		if err := os.WriteFile(d, nil, 0o600); err != nil {
+			r.Fatal(err)
+		}
+		if err := os.Truncate(d, 256<<20); err != nil {
+			r.Fatal(err)
+		}
+	}
+
 	r.step("booting %s with %s (direct kernel boot, software emulation)", out, cfgPath)
 	t0 := time.Now()
-	vm := harness.Start(r, harness.Options{Name: "demo", Image: img, Config: cfg, Net: n, Echo: os.Stdout})
+	vm := harness.Start(r, harness.Options{Name: "demo", Image: img, Config: cfg, Net: n, Disks: disks, Echo: os.Stdout})
 	vm.MustWaitFor(`^bulwark: ready$`, 3*time.Minute)
 	fmt.Printf("node ready %.1fs after QEMU started\n", time.Since(t0).Seconds())
+
+	r.step("what the host sees on the data disks while the node runs (cryptsetup luksDump)")
+	for _, d := range disks {
+		o, err := exec.Command("cryptsetup", "luksDump", d).CombinedOutput()
+		if err != nil {
+			r.Fatalf("cryptsetup luksDump %s: %v\n%s", d, err, o)
+		}
+		fmt.Printf("%s: %s\n", filepath.Base(d), dumpSummary(string(o)))
+	}
 
 	r.step("reaching the node from the test client")
 	for _, addr := range []string{"10.99.0.10", "fd99::10"} {
@@ -96,7 +126,36 @@ func demo(r *runner, out, cfgPath string) {
 	if err := vm.PowerOff(time.Minute); err != nil {
 		r.Fatal(err)
 	}
-	fmt.Println("\ndemo OK: the node booted, reported ready, answered on the test bridge and powered off cleanly")
+
+	r.step("the data disks after shutdown (cryptsetup isLuks)")
+	for _, d := range disks {
+		if err := exec.Command("cryptsetup", "isLuks", d).Run(); err == nil {
+			r.Fatalf("%s still has a LUKS header after shutdown", d)
+		}
+		fmt.Printf("%s: no LUKS header: crypto-erased\n", filepath.Base(d))
+	}
+	fmt.Println("\ndemo OK: the node booted, encrypted both data volumes with keys of its own, answered on the test bridge, powered off cleanly and crypto-erased the volumes")
+}
+
+// dumpSummary picks the lines of luksDump an auditor looks at.
+func dumpSummary(dump string) string {
+	var parts []string
+	for _, l := range strings.Split(dump, "\n") {
+		f := strings.Fields(l)
+		switch {
+		case len(f) == 2 && f[0] == "UUID:":
+			parts = append(parts, "uuid "+f[1])
+		case len(f) == 2 && f[0] == "cipher:":
+			parts = append(parts, f[1])
+		case len(f) == 3 && f[0] == "Key:":
+			parts = append(parts, f[1]+"-bit key")
+		case len(f) == 3 && f[0] == "sector:":
+			parts = append(parts, f[1]+"-byte sectors")
+		case len(f) == 2 && f[0] == "Hash:" && !slices.Contains(parts, "sha256"):
+			parts = append(parts, f[1])
+		}
+	}
+	return strings.Join(parts, ", ")
 }
 
 func summary(ping string) string {
