@@ -1,6 +1,7 @@
 package devmapper
 
 import (
+	"encoding/binary"
 	"strings"
 	"testing"
 )
@@ -43,5 +44,14 @@ func TestIoctlNumbers(t *testing.T) {
 	// 0xc138fd0c.
 	if ioctlNumber(cmdVersion) != 0xc138fd00 || ioctlNumber(cmdTableStatus) != 0xc138fd0c {
 		t.Fatalf("%#x %#x", ioctlNumber(cmdVersion), ioctlNumber(cmdTableStatus))
+	}
+}
+
+func TestABISizes(t *testing.T) {
+	if n := binary.Size(header{}); n != ioctlHeaderSize {
+		t.Fatalf("struct dm_ioctl is %d bytes here, %d in the kernel", n, ioctlHeaderSize)
+	}
+	if n := binary.Size(targetSpec{}); n != targetSpecSize {
+		t.Fatalf("struct dm_target_spec is %d bytes here, %d in the kernel", n, targetSpecSize)
 	}
 }

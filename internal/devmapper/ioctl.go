@@ -97,29 +97,32 @@ func Open() (*Control, error) {
 // Close closes the control node.
 func (c *Control) Close() error { return c.f.Close() }
 
-// call runs one ioctl. payload follows the header; the buffer is sized to
-// hold at least extra bytes of reply. It returns the header and the data
-// area the kernel filled. A buffer the kernel found too small is grown and
-// the call retried.
-func (c *Control) call(cmd uintptr, name string, flags uint32, payload []byte, extra int) (header, []byte, error) {
+// call runs one ioctl on the device name (and uuid, for create). payload
+// follows the header; the buffer holds at least extra bytes of reply. It
+// returns the header and the data area the kernel filled. A buffer the
+// kernel found too small is grown and the call retried. The buffer is
+// cleared after every call: for a table load it held the table.
+func (c *Control) call(cmd uintptr, name, uuid string, flags uint32, payload []byte, extra int) (header, []byte, error) {
 	if len(name) >= nameLen {
-		return header{}, nil, fmt.Errorf("devmapper: device name %q is longer than %d bytes", name, nameLen-1)
+		return header{}, nil, fmt.Errorf("device name %q is longer than %d bytes", name, nameLen-1)
+	}
+	if len(uuid) >= uuidLen {
+		return header{}, nil, fmt.Errorf("uuid %q is longer than %d bytes", uuid, uuidLen-1)
 	}
 	size := ioctlHeaderSize + max(len(payload), extra)
 	for {
 		buf := make([]byte, size)
 		h := header{Version: ioctlVersion, DataSize: uint32(size), DataStart: ioctlHeaderSize, Flags: flags}
 		copy(h.Name[:], name)
+		copy(h.UUID[:], uuid)
 		if cmd == cmdTableLoad {
-			h.TargetCount = 1
+			h.TargetCount = 1 // Load sends exactly one target
 		}
 		var w bytes.Buffer
 		binary.Write(&w, binary.NativeEndian, &h)
 		copy(buf, w.Bytes())
 		copy(buf[ioctlHeaderSize:], payload)
 		_, _, errno := unix.Syscall(unix.SYS_IOCTL, c.f.Fd(), ioctlNumber(cmd), uintptr(unsafe.Pointer(&buf[0])))
-		// The buffer may have held table parameters; clear it whatever
-		// happened.
 		var out header
 		binary.Read(bytes.NewReader(buf), binary.NativeEndian, &out)
 		var data []byte
@@ -140,7 +143,7 @@ func (c *Control) call(cmd uintptr, name string, flags uint32, payload []byte, e
 
 // KernelVersion returns the kernel's device-mapper ioctl interface version.
 func (c *Control) KernelVersion() ([3]uint32, error) {
-	h, _, err := c.call(cmdVersion, "", 0, nil, 0)
+	h, _, err := c.call(cmdVersion, "", "", 0, nil, 0)
 	if err != nil {
 		return [3]uint32{}, fmt.Errorf("devmapper: version: %w", err)
 	}
@@ -149,30 +152,14 @@ func (c *Control) KernelVersion() ([3]uint32, error) {
 
 // Create creates an empty, suspended device and returns its device number.
 func (c *Control) Create(name, uuid string) (uint64, error) {
-	if len(uuid) >= uuidLen {
-		return 0, fmt.Errorf("devmapper: uuid %q is longer than %d bytes", uuid, uuidLen-1)
+	h, _, err := c.call(cmdDevCreate, name, uuid, 0, nil, 0)
+	if errors.Is(err, unix.EBUSY) {
+		return 0, fmt.Errorf("devmapper: create %s: a device with this name or uuid exists: %w", name, err)
 	}
-	if len(name) >= nameLen {
-		return 0, fmt.Errorf("devmapper: device name %q is longer than %d bytes", name, nameLen-1)
+	if err != nil {
+		return 0, fmt.Errorf("devmapper: create %s: %w", name, err)
 	}
-	// The uuid travels in the header; call() only sets the name.
-	size := ioctlHeaderSize
-	buf := make([]byte, size)
-	h := header{Version: ioctlVersion, DataSize: uint32(size), DataStart: ioctlHeaderSize}
-	copy(h.Name[:], name)
-	copy(h.UUID[:], uuid)
-	var w bytes.Buffer
-	binary.Write(&w, binary.NativeEndian, &h)
-	copy(buf, w.Bytes())
-	if _, _, errno := unix.Syscall(unix.SYS_IOCTL, c.f.Fd(), ioctlNumber(cmdDevCreate), uintptr(unsafe.Pointer(&buf[0]))); errno != 0 {
-		if errno == unix.EBUSY {
-			return 0, fmt.Errorf("devmapper: create %s: a device with this name or uuid exists: %w", name, errno)
-		}
-		return 0, fmt.Errorf("devmapper: create %s: %w", name, errno)
-	}
-	var out header
-	binary.Read(bytes.NewReader(buf), binary.NativeEndian, &out)
-	return out.Dev, nil
+	return h.Dev, nil
 }
 
 // Load loads a table into the device's inactive slot. secure asks the
@@ -200,7 +187,7 @@ func (c *Control) Load(name string, targets []Target, secure bool) error {
 	if secure {
 		flags |= flagSecureData
 	}
-	if _, _, err := c.call(cmdTableLoad, name, flags, payload, 0); err != nil {
+	if _, _, err := c.call(cmdTableLoad, name, "", flags, payload, 0); err != nil {
 		return fmt.Errorf("devmapper: loading the %s table of %s: %w", t.Type, name, err)
 	}
 	return nil
@@ -208,7 +195,7 @@ func (c *Control) Load(name string, targets []Target, secure bool) error {
 
 // Resume activates the loaded table.
 func (c *Control) Resume(name string) error {
-	if _, _, err := c.call(cmdDevSuspend, name, 0, nil, 0); err != nil {
+	if _, _, err := c.call(cmdDevSuspend, name, "", 0, nil, 0); err != nil {
 		return fmt.Errorf("devmapper: resume %s: %w", name, err)
 	}
 	return nil
@@ -217,7 +204,7 @@ func (c *Control) Resume(name string) error {
 // Remove removes the device. It fails with EBUSY while the device is open
 // (mounted, for instance).
 func (c *Control) Remove(name string) error {
-	if _, _, err := c.call(cmdDevRemove, name, 0, nil, 0); err != nil {
+	if _, _, err := c.call(cmdDevRemove, name, "", 0, nil, 0); err != nil {
 		return fmt.Errorf("devmapper: remove %s: %w", name, err)
 	}
 	return nil
@@ -225,7 +212,7 @@ func (c *Control) Remove(name string) error {
 
 // Exists reports whether a device of this name exists.
 func (c *Control) Exists(name string) (bool, error) {
-	_, _, err := c.call(cmdDevStatus, name, 0, nil, 0)
+	_, _, err := c.call(cmdDevStatus, name, "", 0, nil, 0)
 	if errors.Is(err, unix.ENXIO) {
 		return false, nil
 	}
@@ -247,7 +234,7 @@ func (c *Control) Status(name string) ([]Target, error) {
 }
 
 func (c *Control) tableStatus(name string, flags uint32) ([]Target, error) {
-	h, data, err := c.call(cmdTableStatus, name, flags, nil, 16<<10)
+	h, data, err := c.call(cmdTableStatus, name, "", flags, nil, 16<<10)
 	if err != nil {
 		return nil, fmt.Errorf("devmapper: table status of %s: %w", name, err)
 	}

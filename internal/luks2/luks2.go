@@ -51,6 +51,9 @@ type Header struct {
 	// secondary was used; PrimaryErr says why.
 	FromSecondary bool
 	PrimaryErr    error
+	// SecondaryErr says why the secondary copy is unusable when the
+	// primary was used (cryptsetup would repair it on its next write).
+	SecondaryErr error
 }
 
 // Options tune Format. The zero value gives bulwark's layout with a fresh
@@ -236,7 +239,11 @@ func Read(dev io.ReaderAt) (*Header, error) {
 	}
 	switch {
 	case pmeta != nil && (smeta == nil || sb.SeqID <= pb.SeqID):
-		return newHeader(pb, pmeta), nil
+		h := newHeader(pb, pmeta)
+		if smeta == nil {
+			h.SecondaryErr = serr
+		}
+		return h, nil
 	case smeta != nil:
 		h := newHeader(sb, smeta)
 		h.FromSecondary = true

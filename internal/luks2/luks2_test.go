@@ -375,6 +375,19 @@ func TestPrimaryFallsBackToSecondary(t *testing.T) {
 	}
 }
 
+// A damaged secondary leaves the primary in use, and is reported.
+func TestDamagedSecondaryReported(t *testing.T) {
+	img, _, _, h := formatImage(t, 20<<20, Options{})
+	corrupt(t, img, HeaderSize+BinaryHeaderSize+10, []byte("damage"))
+	rh, err := readFile(t, img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rh.FromSecondary || rh.UUID != h.UUID || rh.SecondaryErr == nil || !strings.Contains(rh.SecondaryErr.Error(), "checksum") {
+		t.Fatalf("FromSecondary %v UUID %s SecondaryErr %v", rh.FromSecondary, rh.UUID, rh.SecondaryErr)
+	}
+}
+
 func TestFormatRejectsBadInput(t *testing.T) {
 	key, pass := random(t, KeySize), random(t, KeySize)
 	var w discard
