@@ -32,6 +32,59 @@ type Config struct {
 	Volumes []Volume `json:"volumes,omitempty"`
 	// Workload is the service the node exists for (the database).
 	Workload *Workload `json:"workload,omitempty"`
+	// Firewall is the node's packet filter; left out, the defaults apply
+	// (see Firewall).
+	Firewall *Firewall `json:"firewall,omitempty"`
+}
+
+// Firewall is the node's policy: default deny in both directions, with the
+// openings listed here. Address lists take network prefixes or single
+// addresses.
+type Firewall struct {
+	// ClientPorts are the TCP ports clients connect to; default [5432].
+	ClientPorts []int `json:"client_ports,omitempty"`
+	// Clients is the client allowlist. Left out it is 0.0.0.0/0 and ::/0
+	// (anyone); an explicit empty list admits no client.
+	Clients *[]string `json:"clients,omitempty"`
+	// VPCNetworks, when given, switch on VPC mode: clients must come from
+	// these (private) networks and from the allowlist.
+	VPCNetworks []string `json:"vpc_networks,omitempty"`
+	// Peers are the addresses of the service's other nodes.
+	Peers []string `json:"peers,omitempty"`
+	// PeerPorts are the service's internal TCP ports (replication),
+	// open to peers only.
+	PeerPorts []int `json:"peer_ports,omitempty"`
+	// KeyingPort is the TCP port of IPsec keying between peers; default
+	// 7443.
+	KeyingPort int `json:"keying_port,omitempty"`
+	// ManagementPort is the TCP port of the management API; default 9443.
+	ManagementPort int `json:"management_port,omitempty"`
+	// ManagementSources may reach the management port.
+	ManagementSources []string `json:"management_sources,omitempty"`
+	// Egress lists where new outbound connections may go, besides peers.
+	Egress Egress `json:"egress"`
+	// Blocked is what happens to a refused connection: "reject" (default:
+	// TCP reset or ICMP administratively prohibited, so clients fail fast)
+	// or "drop".
+	Blocked string `json:"blocked,omitempty"`
+}
+
+// Egress names the destinations of new outbound connections.
+type Egress struct {
+	// Backup endpoints (object storage in the node's region).
+	Backup []Endpoint `json:"backup,omitempty"`
+	// DNS and NTP servers (UDP and TCP 53; UDP 123).
+	DNS []string `json:"dns,omitempty"`
+	NTP []string `json:"ntp,omitempty"`
+	// Metadata is the cloud metadata service (TCP 80). Left out it is
+	// 169.254.169.254; an explicit empty list closes it.
+	Metadata *[]string `json:"metadata,omitempty"`
+}
+
+// Endpoint is a destination network or address and a TCP port.
+type Endpoint struct {
+	Address string `json:"address"`
+	Port    int    `json:"port"`
 }
 
 // Workload is the program the node runs once its volumes are mounted: the

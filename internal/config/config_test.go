@@ -86,6 +86,15 @@ func TestRejects(t *testing.T) {
 		{"workload relative", `{"version":1,"hostname":"n1","workload":{"command":["postgres"],"uid":70,"gid":70}}`, "workload.command[0]"},
 		{"workload root", `{"version":1,"hostname":"n1","workload":{"command":["/usr/bin/x"],"uid":0,"gid":70}}`, "workload.uid: 0"},
 		{"workload gid", `{"version":1,"hostname":"n1","workload":{"command":["/usr/bin/x"],"uid":70}}`, "workload.gid: 0"},
+		{"fw host bits", fw(`"clients":["10.0.0.0/8","192.168.1.15/24"]`), `firewall.clients[1]: "192.168.1.15/24" has host bits set; did you mean 192.168.1.0/24?`},
+		{"fw garbage", fw(`"peers":["10.0.0.2","nope"]`), `firewall.peers[1]: "nope" is neither`},
+		{"fw public vpc", fw(`"vpc_networks":["10.0.0.0/8","8.8.8.0/24"]`), "firewall.vpc_networks: 8.8.8.0/24 is not private"},
+		{"fw port", fw(`"client_ports":[70000]`), "firewall.client_ports[0]: 70000 is not a TCP port"},
+		{"fw port twice", fw(`"client_ports":[5432],"peer_ports":[5432]`), "firewall.peer_ports[0]: port 5432 is also firewall.client_ports[0]"},
+		{"fw mgmt port clash", fw(`"management_port":5432`), "firewall.management_port: port 5432 is also"},
+		{"fw blocked", fw(`"blocked":"ignore"`), `firewall.blocked: "ignore"`},
+		{"fw backup port", fw(`"egress":{"backup":[{"address":"203.0.113.10","port":0}]}`), "firewall.egress.backup[0].port"},
+		{"fw null clients", fw(`"clients":null`), "firewall.clients: null is not allowed"},
 		{"too large", `{"version":1,"hostname":"` + strings.Repeat("a", MaxSize) + `"}`, "the limit is"},
 	}
 	for _, c := range cases {
@@ -102,6 +111,10 @@ func TestRejects(t *testing.T) {
 			}
 		})
 	}
+}
+
+func fw(f string) string {
+	return `{"version":1,"hostname":"n1","firewall":{` + f + `}}`
 }
 
 func vols(v string) string {

@@ -5,6 +5,8 @@ import (
 	"net/netip"
 	"path"
 	"strings"
+
+	"github.com/bulwarkvm/bulwark/internal/cidr"
 )
 
 // Limits on list lengths; they keep a mistaken config from turning into a
@@ -34,7 +36,101 @@ func (c *Config) Validate() error {
 		return err
 	}
 	if c.Workload != nil {
-		return c.Workload.validate()
+		if err := c.Workload.validate(); err != nil {
+			return err
+		}
+	}
+	if c.Firewall != nil {
+		return c.Firewall.validate()
+	}
+	return nil
+}
+
+// Firewall defaults.
+const (
+	DefaultClientPort     = 5432
+	DefaultKeyingPort     = 7443
+	DefaultManagementPort = 9443
+	DefaultMetadata       = "169.254.169.254"
+)
+
+func (f *Firewall) validate() error {
+	ports := map[int]string{}
+	checkPort := func(path string, p int) error {
+		if p < 1 || p > 65535 {
+			return fmt.Errorf("%s: %d is not a TCP port (1 to 65535)", path, p)
+		}
+		if other, dup := ports[p]; dup {
+			return fmt.Errorf("%s: port %d is also %s", path, p, other)
+		}
+		ports[p] = path
+		return nil
+	}
+	for i, p := range f.ClientPorts {
+		if err := checkPort(fmt.Sprintf("firewall.client_ports[%d]", i), p); err != nil {
+			return err
+		}
+	}
+	if len(f.ClientPorts) == 0 {
+		ports[DefaultClientPort] = "the default client port"
+	}
+	for i, p := range f.PeerPorts {
+		if err := checkPort(fmt.Sprintf("firewall.peer_ports[%d]", i), p); err != nil {
+			return err
+		}
+	}
+	if err := checkPort("firewall.keying_port", f.EffectiveKeyingPort()); err != nil {
+		return err
+	}
+	if err := checkPort("firewall.management_port", f.EffectiveManagementPort()); err != nil {
+		return err
+	}
+	lists := []struct {
+		path    string
+		entries []string
+	}{
+		{"firewall.vpc_networks", f.VPCNetworks},
+		{"firewall.peers", f.Peers},
+		{"firewall.management_sources", f.ManagementSources},
+		{"firewall.egress.dns", f.Egress.DNS},
+		{"firewall.egress.ntp", f.Egress.NTP},
+	}
+	if f.Clients != nil {
+		lists = append(lists, struct {
+			path    string
+			entries []string
+		}{"firewall.clients", *f.Clients})
+	}
+	if f.Egress.Metadata != nil {
+		lists = append(lists, struct {
+			path    string
+			entries []string
+		}{"firewall.egress.metadata", *f.Egress.Metadata})
+	}
+	for _, l := range lists {
+		if _, err := cidr.ParseList(l.entries); err != nil {
+			return fmt.Errorf("%s%w", l.path, err)
+		}
+	}
+	vpc, _ := cidr.ParseList(f.VPCNetworks)
+	for _, r := range append(vpc.V4, vpc.V6...) {
+		if !cidr.IsPrivate(r) {
+			return fmt.Errorf("firewall.vpc_networks: %s is not private address space (10/8, 172.16/12, 192.168/16, 100.64/10, fc00::/7); VPC mode never admits public addresses", r)
+		}
+	}
+	for i, e := range f.Egress.Backup {
+		path := fmt.Sprintf("firewall.egress.backup[%d]", i)
+		if _, err := cidr.ParseEntry(e.Address); err != nil {
+			return fmt.Errorf("%s.address: %w", path, err)
+		}
+		if e.Port < 1 || e.Port > 65535 {
+			return fmt.Errorf("%s.port: %d is not a TCP port (1 to 65535)", path, e.Port)
+		}
+	}
+	switch f.Blocked {
+	case "", "reject", "drop":
+	default:
+		return fmt.Errorf("firewall.blocked: %q; use \"reject\" or \"drop\"", f.Blocked)
 	}
 	return nil
 }
@@ -193,19 +289,7 @@ func ParseHostPrefix(s string) (netip.Prefix, error) {
 
 // ParseNetworkPrefix parses a network prefix such as "192.168.1.0/24". Host
 // bits must be clear; the error says which prefix was probably meant.
-func ParseNetworkPrefix(s string) (netip.Prefix, error) {
-	p, err := netip.ParsePrefix(s)
-	if err != nil {
-		return netip.Prefix{}, fmt.Errorf("%q is not a network prefix (like 192.168.1.0/24 or fd00::/64)", s)
-	}
-	if p.Addr().Zone() != "" {
-		return netip.Prefix{}, fmt.Errorf("%q: zones are not allowed", s)
-	}
-	if m := p.Masked(); m != p {
-		return netip.Prefix{}, fmt.Errorf("%q has host bits set; did you mean %s?", s, m)
-	}
-	return p, nil
-}
+func ParseNetworkPrefix(s string) (netip.Prefix, error) { return cidr.ParseNetwork(s) }
 
 func validateVolumes(vs []Volume) error {
 	if len(vs) > maxVolumes {
@@ -301,4 +385,45 @@ func checkMountPoint(p string) error {
 		return fmt.Errorf("%q is longer than 256 characters", p)
 	}
 	return nil
+}
+
+// EffectiveClientPorts are the client ports with the default applied.
+func (f *Firewall) EffectiveClientPorts() []int {
+	if f == nil || len(f.ClientPorts) == 0 {
+		return []int{DefaultClientPort}
+	}
+	return f.ClientPorts
+}
+
+// EffectiveKeyingPort is the keying port with the default applied.
+func (f *Firewall) EffectiveKeyingPort() int {
+	if f == nil || f.KeyingPort == 0 {
+		return DefaultKeyingPort
+	}
+	return f.KeyingPort
+}
+
+// EffectiveManagementPort is the management port with the default applied.
+func (f *Firewall) EffectiveManagementPort() int {
+	if f == nil || f.ManagementPort == 0 {
+		return DefaultManagementPort
+	}
+	return f.ManagementPort
+}
+
+// EffectiveClients is the client allowlist with the default (anyone)
+// applied.
+func (f *Firewall) EffectiveClients() []string {
+	if f == nil || f.Clients == nil {
+		return []string{"0.0.0.0/0", "::/0"}
+	}
+	return *f.Clients
+}
+
+// EffectiveMetadata is the metadata address list with the default applied.
+func (f *Firewall) EffectiveMetadata() []string {
+	if f == nil || f.Egress.Metadata == nil {
+		return []string{DefaultMetadata}
+	}
+	return *f.Egress.Metadata
 }
