@@ -29,12 +29,12 @@ const (
 var addressSets = []string{SetClients, SetVPC, SetPeers, SetManagement}
 
 type family struct {
-	suffix string // "4" or "6"
+	suffix  string // "4" or "6"
 	nfproto byte
 	// saddr/daddr offsets and length in the network header
 	saddr, daddr, alen uint32
-	keyType          nftables.SetDatatype
-	icmpProto        byte
+	keyType            nftables.SetDatatype
+	icmpProto          byte
 }
 
 var (
@@ -233,7 +233,7 @@ func v(e ...expr.Any) []expr.Any { return e }
 
 // ICMP types the network needs.
 var (
-	icmp4Needed = []byte{3, 11, 12}                        // destination unreachable (with fragmentation needed), time exceeded, parameter problem
+	icmp4Needed = []byte{3, 11, 12}                      // destination unreachable (with fragmentation needed), time exceeded, parameter problem
 	icmp6Needed = []byte{1, 2, 3, 4, 130, 134, 135, 136} // unreachable, packet too big, time exceeded, parameter problem, MLD query, RA, NS, NA
 	icmp6Out    = []byte{1, 2, 3, 4, 133, 135, 136, 143} // the same errors, RS, NS, NA, MLDv2 report
 )
