@@ -15,6 +15,7 @@ import (
 
 	"github.com/bulwarkvm/bulwark/internal/bootlog"
 	"github.com/bulwarkvm/bulwark/internal/config"
+	"github.com/bulwarkvm/bulwark/internal/firewall"
 	"github.com/bulwarkvm/bulwark/internal/proc"
 )
 
@@ -35,6 +36,8 @@ type boot struct {
 	cfg       *config.Config
 	cfgDigest string
 	cfgSource config.Source
+	// fw is the firewall, kept for live updates (management API).
+	fw *firewall.Firewall
 }
 
 type result struct {

@@ -23,6 +23,7 @@ func main() {
 	b.stage("power button", watchPowerButton) // ACPI power button -> shutdown
 	b.stage("entropy", waitForEntropy)        // kernel RNG ready before any key
 	b.stage("config", readConfig)             // fw_cfg or BULWARKCFG volume, strict
+	b.stage("firewall", applyFirewall)        // default deny, then the policy; before any link is up
 	b.stage("network", configureNetwork)      // links, addresses, routes, hostname
 	b.stage("volumes", setUpVolumes)          // fresh key, LUKS2, dm-crypt, ext4, mount
 	b.stage("workload", startWorkload)        // the database, unprivileged, owns the volumes

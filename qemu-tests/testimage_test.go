@@ -24,7 +24,7 @@ var (
 // testImage is the production image plus test programs: the real
 // cryptsetup with its libraries, the guest test runner (booted with
 // rdinit=, in place of the production init), the guest-tagged test
-// binaries, and the marker-writing test workload. The production init is
+// binaries, and the test workloads (markerwriter, netprobe). The production init is
 // still /init, so booting it without rdinit= is a production node that can
 // run a test workload. Built once per test process.
 func testImage(t testing.TB) harness.Image {
@@ -58,6 +58,7 @@ func buildTestImage(base harness.Image) (harness.Image, error) {
 	for _, b := range [][]string{
 		{"guesttest", "build", "./qemu-tests/testdata/guesttest"},
 		{"markerwriter", "build", "./qemu-tests/testdata/markerwriter"},
+		{"netprobe", "build", "./qemu-tests/testdata/netprobe"},
 		{"volume.test", "test", "-c", "-tags", "guest", "./internal/volume"},
 	} {
 		if err := build(b[0], b[1:]...); err != nil {

@@ -55,7 +55,6 @@ var Modules = []Module{
 	{Name: "nf_conntrack", Why: "firewall state"},
 	{Name: "nft_ct", Why: "firewall state"},
 	{Name: "nft_reject_inet", Why: "firewall rejects"},
-	{Name: "nft_fib_inet", Why: "firewall anti-spoofing"},
 	{Name: "nft_limit", Why: "firewall rate limits"},
 	{Name: "xfrm_user", Why: "IPsec states and policies"},
 	{Name: "esp4", Why: "IPsec ESP (IPv4)"},

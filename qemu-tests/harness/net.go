@@ -8,9 +8,12 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/vishvananda/netns"
 )
@@ -72,6 +75,9 @@ func (n *Net) AddClient(addrs ...string) *Client {
 	mustRun(n.t, "ip", "-n", n.NS, "link", "add", host, "type", "veth", "peer", "name", "eth0", "netns", c.NS)
 	mustRun(n.t, "ip", "-n", n.NS, "link", "set", host, "master", n.Bridge, "up")
 	mustRun(n.t, "ip", "-n", c.NS, "link", "set", "lo", "up")
+	// Up first, then the addresses: addresses added to a link that is
+	// down are set up again, with delays, when it comes up.
+	mustRun(n.t, "ip", "-n", c.NS, "link", "set", "eth0", "up")
 	for _, a := range addrs {
 		args := []string{"-n", c.NS, "addr", "add", a, "dev", "eth0"}
 		if strings.Contains(a, ":") {
@@ -79,7 +85,6 @@ func (n *Net) AddClient(addrs ...string) *Client {
 		}
 		mustRun(n.t, "ip", args...)
 	}
-	mustRun(n.t, "ip", "-n", c.NS, "link", "set", "eth0", "up")
 	return c
 }
 
@@ -88,34 +93,90 @@ func (c *Client) Command(ctx context.Context, name string, args ...string) *exec
 	return exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", c.NS, name}, args...)...)
 }
 
-// Dial connects from inside the client's namespace. The socket is created
-// on a thread switched into the namespace and stays there.
-func (c *Client) Dial(ctx context.Context, network, addr string) (net.Conn, error) {
-	type res struct {
-		conn net.Conn
-		err  error
-	}
-	ch := make(chan res, 1)
+// Do runs fn on an OS thread inside the client's namespace; sockets fn
+// makes stay in the namespace. The thread is left locked and so discarded
+// when fn returns: it is never reused in the wrong namespace.
+func (c *Client) Do(fn func() error) error {
+	ch := make(chan error, 1)
 	go func() {
-		// The thread is left locked and so discarded when this goroutine
-		// ends: it is never reused in the wrong namespace.
 		runtime.LockOSThread()
 		target, err := netns.GetFromName(c.NS)
 		if err != nil {
-			ch <- res{nil, err}
+			ch <- err
 			return
 		}
 		defer target.Close()
 		if err := netns.Set(target); err != nil {
-			ch <- res{nil, err}
+			ch <- err
 			return
 		}
-		var d net.Dialer
-		conn, err := d.DialContext(ctx, network, addr)
-		ch <- res{conn, err}
+		ch <- fn()
 	}()
-	r := <-ch
-	return r.conn, r.err
+	return <-ch
+}
+
+// Dial connects from inside the client's namespace.
+func (c *Client) Dial(ctx context.Context, network, addr string) (net.Conn, error) {
+	var conn net.Conn
+	err := c.Do(func() error {
+		var d net.Dialer
+		var err error
+		conn, err = d.DialContext(ctx, network, addr)
+		return err
+	})
+	return conn, err
+}
+
+// Listen listens inside the client's namespace; the listener is closed
+// when the test ends.
+func (c *Client) Listen(network, addr string) (net.Listener, error) {
+	var ln net.Listener
+	err := c.Do(func() error {
+		var err error
+		ln, err = net.Listen(network, addr)
+		return err
+	})
+	return ln, err
+}
+
+// Scan tries a TCP connection from the client to every port of host and
+// returns the ports that accepted, in order. workers connections are in
+// flight at once; a port that does not answer within timeout counts as
+// not open.
+func (c *Client) Scan(host string, ports []int, workers int, timeout time.Duration) ([]int, error) {
+	jobs := make(chan int)
+	var mu sync.Mutex
+	var open []int
+	errs := make(chan error, workers)
+	for w := 0; w < workers; w++ {
+		go func() {
+			errs <- c.Do(func() error {
+				d := net.Dialer{Timeout: timeout}
+				for p := range jobs {
+					conn, err := d.Dial("tcp", net.JoinHostPort(host, strconv.Itoa(p)))
+					if err == nil {
+						conn.Close()
+						mu.Lock()
+						open = append(open, p)
+						mu.Unlock()
+					}
+				}
+				return nil
+			})
+		}()
+	}
+	for _, p := range ports {
+		jobs <- p
+	}
+	close(jobs)
+	var first error
+	for w := 0; w < workers; w++ {
+		if err := <-errs; err != nil && first == nil {
+			first = err
+		}
+	}
+	sort.Ints(open)
+	return open, first
 }
 
 // sweepStale removes namespaces left by harness processes that are gone

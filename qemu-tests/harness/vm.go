@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -155,7 +156,7 @@ func Start(t T, o Options) *VM {
 	}
 	vm.cmd.Stderr = &lockedWriter{mu: &vm.mu, w: &vm.stderr}
 	vm.started = time.Now()
-	if err := vm.cmd.Start(); err != nil {
+	if err := startPinned(vm.cmd, vm.exited); err != nil {
 		t.Fatalf("starting QEMU: %v", err)
 	}
 	go vm.readConsole(stdout)
@@ -250,10 +251,11 @@ func (vm *VM) startSwtpm() (string, error) {
 		"--ctrl", "type=unixio,path="+sock, "--flags", "startup-clear")
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	cmd.Stderr = &lockedWriter{mu: &vm.mu, w: &vm.stderr}
-	if err := cmd.Start(); err != nil {
+	stopped := make(chan struct{})
+	if err := startPinned(cmd, stopped); err != nil {
 		return "", fmt.Errorf("starting swtpm: %w", err)
 	}
-	addCleanup(vm.t, func() { cmd.Process.Kill(); cmd.Wait() })
+	addCleanup(vm.t, func() { cmd.Process.Kill(); cmd.Wait(); close(stopped) })
 	for i := 0; i < 100; i++ {
 		if _, err := os.Stat(sock); err == nil {
 			return sock, nil
@@ -261,6 +263,26 @@ func (vm *VM) startSwtpm() (string, error) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	return "", fmt.Errorf("swtpm did not create %s", sock)
+}
+
+// startPinned starts cmd from an OS thread that lives until done is
+// closed. The parent-death signal (Pdeathsig) fires when the *thread* that
+// forked a child exits, and Go ends threads that a goroutine left locked
+// (the harness does that on purpose when it enters a client's network
+// namespace): a child started from an ordinary thread could be killed at
+// any moment.
+func startPinned(cmd *exec.Cmd, done <-chan struct{}) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		err := cmd.Start()
+		errc <- err
+		if err == nil {
+			<-done
+		}
+		// The thread stays locked and ends with this goroutine.
+	}()
+	return <-errc
 }
 
 // Dir is the VM's private directory (pcap files, firmware variables).
