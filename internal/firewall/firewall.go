@@ -11,6 +11,8 @@ import (
 	"sync"
 
 	"github.com/google/nftables"
+	"github.com/mdlayher/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/bulwarkvm/bulwark/internal/cidr"
 )
@@ -25,7 +27,7 @@ type Firewall struct {
 // Open connects to nf_tables in the current network namespace, or in the
 // one netnsFd refers to when it is not negative (tests).
 func Open(netnsFd int) (*Firewall, error) {
-	opts := []nftables.ConnOption{nftables.AsLasting()}
+	opts := []nftables.ConnOption{nftables.AsLasting(), nftables.WithSockOptions(bigBuffers)}
 	if netnsFd >= 0 {
 		opts = append(opts, nftables.WithNetNSFd(netnsFd))
 	}
@@ -128,4 +130,32 @@ func (f *Firewall) Replace(set string, entries []string) (warning string, err er
 	}
 	f.policy = &p
 	return warning, nil
+}
+
+// socketBuffer bounds one transaction: the kernel refuses a netlink batch
+// larger than the socket's send buffer, and a batch with the largest
+// allowed lists (cidr.MaxEntries per family) is about 10 MiB.
+const socketBuffer = 32 << 20
+
+// bigBuffers raises the netlink socket's buffers past the system limits
+// (SO_SNDBUFFORCE needs CAP_NET_ADMIN, which nf_tables needs anyway), so
+// that a whole policy always fits in one atomic batch.
+func bigBuffers(c *netlink.Conn) error {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	if err := rc.Control(func(fd uintptr) {
+		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, socketBuffer)
+		if serr == nil {
+			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 4<<20)
+		}
+	}); err != nil {
+		return err
+	}
+	if serr != nil {
+		return fmt.Errorf("firewall: netlink socket buffers: %w", serr)
+	}
+	return nil
 }

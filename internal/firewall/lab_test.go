@@ -21,7 +21,7 @@ import (
 // firewall and the listeners are, and "client", which holds every source
 // address the tests connect from. Nothing leaves these namespaces.
 type lab struct {
-	t              *testing.T
+	t              testing.TB
 	server, client string
 	serverNS       netns.NsHandle
 	clientNS       netns.NsHandle
@@ -29,7 +29,7 @@ type lab struct {
 
 var labSeq int
 
-func newLab(t *testing.T) *lab {
+func newLab(t testing.TB) *lab {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Fatal("the firewall tests need root (network namespaces); make test runs them as root")

@@ -165,11 +165,19 @@ func (p *Policy) Summary() []string {
 	if len(egress) == 0 {
 		egress = []string{"none"}
 	}
+	peers := "peers: none"
+	if p.Peers.Len() > 0 {
+		peers = fmt.Sprintf("peers %s: esp, tcp %d (keying), tcp %s (service)", list(p.Peers), p.KeyingPort, ports(p.PeerPorts))
+	}
+	mgmt := fmt.Sprintf("management tcp %d: closed (no sources)", p.ManagementPort)
+	if p.Management.Len() > 0 {
+		mgmt = fmt.Sprintf("management tcp %d from %s", p.ManagementPort, list(p.Management))
+	}
 	return []string{
 		fmt.Sprintf("default deny in and out; blocked connections: %s; mode %s", blocked, mode),
 		fmt.Sprintf("clients on tcp %s from %s", ports(p.ClientPorts), list(p.Clients)),
-		fmt.Sprintf("peers %s: esp, tcp %d (keying), tcp %s", list(p.Peers), p.KeyingPort, ports(p.PeerPorts)),
-		fmt.Sprintf("management tcp %d from %s", p.ManagementPort, list(p.Management)),
+		peers,
+		mgmt,
 		"egress: " + strings.Join(egress, "; "),
 	}
 }

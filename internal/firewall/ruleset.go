@@ -2,6 +2,7 @@ package firewall
 
 import (
 	"encoding/binary"
+	"net/netip"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
@@ -132,11 +133,25 @@ func elements(l cidr.List, f family) []nftables.SetElement {
 	if f.suffix == "6" {
 		rs = l.V6
 	}
+	// One backing array for every key: lists run to tens of thousands of
+	// ranges, and this is on the path of every live update.
+	keys := make([]byte, 0, 2*len(rs)*int(f.alen))
 	els := make([]nftables.SetElement, 0, 2*len(rs))
+	key := func(a netip.Addr) []byte {
+		n := len(keys)
+		if a.Is4() {
+			b := a.As4()
+			keys = append(keys, b[:]...)
+		} else {
+			b := a.As16()
+			keys = append(keys, b[:]...)
+		}
+		return keys[n:len(keys):len(keys)]
+	}
 	for _, r := range rs {
-		els = append(els, nftables.SetElement{Key: r.From.AsSlice()})
+		els = append(els, nftables.SetElement{Key: key(r.From)})
 		if next := r.To.Next(); next.IsValid() {
-			els = append(els, nftables.SetElement{Key: next.AsSlice(), IntervalEnd: true})
+			els = append(els, nftables.SetElement{Key: key(next), IntervalEnd: true})
 		}
 	}
 	return els

@@ -76,9 +76,10 @@ func demo(r *runner, out, cfgPath string) {
 	if err != nil {
 		r.Fatal(err)
 	}
-	r.step("test network: a bridge in a private namespace, a client at 10.99.0.20 and fd99::20")
+	r.step("test network: a bridge in a private namespace; a client at 10.99.0.20 and fd99::20 (in the allowlist), a stranger at 10.99.0.50 (not)")
 	n := harness.NewNet(r)
 	client := n.AddClient("10.99.0.20/24", "fd99::20/64")
+	stranger := n.AddClient("10.99.0.50/24")
 
 	r.step("two blank 256 MiB data disks, serials data0 and data1")
 	dir, err := os.MkdirTemp("", "bulwark-demo-")
@@ -122,6 +123,23 @@ func demo(r *runner, out, cfgPath string) {
 		fmt.Printf("ping %s: %s\n", addr, summary(string(o)))
 	}
 
+	r.step("the firewall refuses the stranger")
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	o, err := stranger.Command(ctx, "ping", "-c", "1", "-W", "5", "10.99.0.10").CombinedOutput()
+	cancel()
+	if err == nil {
+		r.Fatalf("the stranger's ping was answered:\n%s", o)
+	}
+	fmt.Printf("ping 10.99.0.10 from 10.99.0.50: %s\n", rejected(string(o)))
+	ctx, cancel = context.WithTimeout(context.Background(), 20*time.Second)
+	conn, err := stranger.Dial(ctx, "tcp", "10.99.0.10:9443")
+	cancel()
+	if err == nil {
+		conn.Close()
+		r.Fatal("the stranger reached the management port")
+	}
+	fmt.Printf("tcp 10.99.0.10:9443 (management) from 10.99.0.50: %v\n", err)
+
 	r.step("pressing the ACPI power button")
 	if err := vm.PowerOff(time.Minute); err != nil {
 		r.Fatal(err)
@@ -134,7 +152,7 @@ func demo(r *runner, out, cfgPath string) {
 		}
 		fmt.Printf("%s: no LUKS header: crypto-erased\n", filepath.Base(d))
 	}
-	fmt.Println("\ndemo OK: the node booted, encrypted both data volumes with keys of its own, answered on the test bridge, powered off cleanly and crypto-erased the volumes")
+	fmt.Println("\ndemo OK: the node booted, encrypted both data volumes with keys of its own, answered the allowed client and refused the stranger, powered off cleanly and crypto-erased the volumes")
 }
 
 // dumpSummary picks the lines of luksDump an auditor looks at.
@@ -156,6 +174,16 @@ func dumpSummary(dump string) string {
 		}
 	}
 	return strings.Join(parts, ", ")
+}
+
+// rejected picks ping's line about the ICMP error, if any.
+func rejected(ping string) string {
+	for _, l := range strings.Split(ping, "\n") {
+		if strings.Contains(l, "From ") || strings.Contains(l, "filtered") || strings.Contains(l, "prohibited") {
+			return strings.TrimSpace(l)
+		}
+	}
+	return summary(ping)
 }
 
 func summary(ping string) string {
