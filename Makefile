@@ -7,10 +7,11 @@ OUT   ?= out
 
 # Debian packages: the kernel and firmware the image is built from and booted
 # with, QEMU, the host tools the image build and the tests run (iptables is
-# only the baseline of the firewall benchmark).
+# only the baseline of the firewall benchmark; postgresql is the real
+# database behind the front door in its test).
 DEBS := linux-image-amd64 systemd-boot-efi ovmf qemu-system-x86 qemu-utils \
         e2fsprogs dosfstools mtools cryptsetup-bin iproute2 nftables iputils-ping \
-        dnsmasq-base swtpm swtpm-tools iptables
+        dnsmasq-base swtpm swtpm-tools iptables postgresql
 
 export CGO_ENABLED := 0
 

@@ -35,6 +35,42 @@ type Config struct {
 	// Firewall is the node's packet filter; left out, the defaults apply
 	// (see Firewall).
 	Firewall *Firewall `json:"firewall,omitempty"`
+	// TLS holds the node's project-signed certificate; it enables the
+	// front door and the management API.
+	TLS *TLS `json:"tls,omitempty"`
+	// FrontDoor lists the client ports the node serves over TLS.
+	FrontDoor []FrontDoor `json:"front_door,omitempty"`
+}
+
+// TLS is the node's identity in the project PKI.
+type TLS struct {
+	// CA is the project CA certificate (PEM): it signs this node's
+	// certificate and every management client's.
+	CA string `json:"ca"`
+	// Certificate and Key are the node's certificate and private key
+	// (PEM), issued by `bulwarkctl ca issue node`.
+	Certificate string `json:"certificate"`
+	Key         string `json:"key"`
+	// RevokedSerials are certificate serial numbers (hex) the node
+	// refuses, whatever their validity.
+	RevokedSerials []string `json:"revoked_serials,omitempty"`
+}
+
+// FrontDoor is one client port served over TLS and proxied to the
+// workload.
+type FrontDoor struct {
+	// Port is one of firewall.client_ports.
+	Port int `json:"port"`
+	// Protocol is "postgres" (SSLRequest, direct TLS with ALPN
+	// "postgresql", and a PostgreSQL error for plaintext) or "tls"
+	// (TLS from the first byte).
+	Protocol string `json:"protocol"`
+	// Backend is where the workload listens: "127.0.0.1:5433", "[::1]:5433"
+	// or "unix:/run/postgresql/.s.PGSQL.5433".
+	Backend string `json:"backend"`
+	// MaxPerSource bounds the connections one client address may hold
+	// open; default 64.
+	MaxPerSource int `json:"max_per_source,omitempty"`
 }
 
 // Firewall is the node's policy: default deny in both directions, with the

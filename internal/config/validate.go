@@ -1,12 +1,19 @@
 package config
 
 import (
+	"crypto"
+	"crypto/x509"
+	"errors"
 	"fmt"
+	"math/big"
 	"net/netip"
 	"path"
+	"slices"
 	"strings"
+	"time"
 
 	"github.com/bulwarkvm/bulwark/internal/cidr"
+	"github.com/bulwarkvm/bulwark/internal/pki"
 )
 
 // Limits on list lengths; they keep a mistaken config from turning into a
@@ -41,7 +48,95 @@ func (c *Config) Validate() error {
 		}
 	}
 	if c.Firewall != nil {
-		return c.Firewall.validate()
+		if err := c.Firewall.validate(); err != nil {
+			return err
+		}
+	}
+	if c.TLS != nil {
+		if err := c.TLS.validate(); err != nil {
+			return err
+		}
+	}
+	return c.validateFrontDoor()
+}
+
+func (t *TLS) validate() error {
+	ca, err := pki.ParseCertificate([]byte(t.CA))
+	if err != nil {
+		return fmt.Errorf("tls.ca: %w", err)
+	}
+	if !ca.IsCA {
+		return fmt.Errorf("tls.ca: %q is not a CA certificate", ca.Subject)
+	}
+	cert, err := pki.ParseCertificate([]byte(t.Certificate))
+	if err != nil {
+		return fmt.Errorf("tls.certificate: %w", err)
+	}
+	key, err := pki.ParseKey([]byte(t.Key))
+	if err != nil {
+		// The key's bytes never go into an error message.
+		return errors.New("tls.key: not a PEM PKCS#8 private key")
+	}
+	type equaler interface{ Equal(crypto.PublicKey) bool }
+	if e, ok := cert.PublicKey.(equaler); !ok || !e.Equal(key.Public()) {
+		return errors.New("tls.key: does not belong to tls.certificate")
+	}
+	for i, s := range t.RevokedSerials {
+		if _, ok := new(big.Int).SetString(s, 16); !ok || s != strings.ToLower(s) {
+			return fmt.Errorf("tls.revoked_serials[%d]: %q is not a lowercase hex serial", i, s)
+		}
+	}
+	if err := pki.Verify(ca, cert, x509.ExtKeyUsageServerAuth, t.RevokedSerials, time.Now()); err != nil {
+		return fmt.Errorf("tls.certificate: %w", err)
+	}
+	return nil
+}
+
+func (c *Config) validateFrontDoor() error {
+	if len(c.FrontDoor) > 0 && c.TLS == nil {
+		return errors.New("front_door: needs the tls section (the node's certificate)")
+	}
+	ports := c.Firewall.EffectiveClientPorts()
+	seen := map[int]int{}
+	for i, f := range c.FrontDoor {
+		at := fmt.Sprintf("front_door[%d]", i)
+		if !slices.Contains(ports, f.Port) {
+			return fmt.Errorf("%s.port: %d is not one of the client ports %v", at, f.Port, ports)
+		}
+		if j, dup := seen[f.Port]; dup {
+			return fmt.Errorf("%s.port: %d is also front_door[%d]", at, f.Port, j)
+		}
+		seen[f.Port] = i
+		switch f.Protocol {
+		case "postgres", "tls":
+		default:
+			return fmt.Errorf("%s.protocol: %q; use \"postgres\" or \"tls\"", at, f.Protocol)
+		}
+		if err := checkBackend(f.Backend); err != nil {
+			return fmt.Errorf("%s.backend: %w", at, err)
+		}
+		if f.MaxPerSource < 0 || f.MaxPerSource > 100000 {
+			return fmt.Errorf("%s.max_per_source: %d is out of range (1 to 100000, or leave it out for 64)", at, f.MaxPerSource)
+		}
+	}
+	return nil
+}
+
+// checkBackend accepts a loopback TCP address or a unix socket path: the
+// workload must never listen where the network could reach it.
+func checkBackend(b string) error {
+	if p, ok := strings.CutPrefix(b, "unix:"); ok {
+		if !strings.HasPrefix(p, "/") || path.Clean(p) != p {
+			return fmt.Errorf("%q: the socket path must be absolute and clean", b)
+		}
+		return nil
+	}
+	ap, err := netip.ParseAddrPort(b)
+	if err != nil {
+		return fmt.Errorf("%q is neither host:port nor unix:/path", b)
+	}
+	if !ap.Addr().IsLoopback() {
+		return fmt.Errorf("%q is not a loopback address; the workload must not listen on the network", b)
 	}
 	return nil
 }
