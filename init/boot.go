@@ -13,6 +13,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/bulwarkvm/bulwark/internal/audit"
 	"github.com/bulwarkvm/bulwark/internal/bootlog"
 	"github.com/bulwarkvm/bulwark/internal/config"
 	"github.com/bulwarkvm/bulwark/internal/firewall"
@@ -38,6 +39,11 @@ type boot struct {
 	cfgSource config.Source
 	// fw is the firewall, kept for live updates (management API).
 	fw *firewall.Firewall
+	// audit is the tamper-evident log; auditFile is where it is written
+	// once a data volume is mounted.
+	audit     *audit.Log
+	auditFile string
+	doors     []door
 }
 
 type result struct {
@@ -82,6 +88,10 @@ func newBoot() *boot {
 	_ = unix.Reboot(unix.LINUX_REBOOT_CMD_CAD_OFF)
 	proc.StartReaper()
 	b.log.Info("starting", "pid", os.Getpid())
+	b.audit = audit.New(func(r audit.Record) {
+		b.log.Info("audit", "seq", r.Seq, "kind", r.Kind, "who", r.Who, "what", r.What, "result", r.Result)
+	})
+	b.audit.Append(audit.KindBoot, "", "", "init started", "ok")
 	return b
 }
 
@@ -143,6 +153,7 @@ func (b *boot) recoverPanic() {
 // ready prints the readiness report and the contract line.
 func (b *boot) ready() {
 	b.report()
+	b.audit.Append(audit.KindBoot, "", "", "ready", "ok")
 	b.log.Info("ready")
 }
 

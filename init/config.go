@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/bulwarkvm/bulwark/internal/audit"
 	"github.com/bulwarkvm/bulwark/internal/config"
 )
 
@@ -20,6 +21,10 @@ func readConfig(b *boot) (string, error) {
 		return "", err
 	}
 	b.cfg, b.cfgSource, b.cfgDigest = cfg, src, config.Digest(doc)
+	// The document may hold the node's TLS key; the parsed copy is all
+	// the node keeps.
+	clear(doc)
 	b.log.Info("config accepted", "source", src.String(), "sha256", b.cfgDigest, "hostname", cfg.Hostname)
+	b.audit.Append(audit.KindConfig, "", "", "config from "+src.String()+" sha256:"+b.cfgDigest, "accepted")
 	return fmt.Sprintf("%s sha256:%s", src, b.cfgDigest[:16]), nil
 }

@@ -27,6 +27,7 @@ func main() {
 	b.stage("network", configureNetwork)      // links, addresses, routes, hostname
 	b.stage("volumes", setUpVolumes)          // fresh key, LUKS2, dm-crypt, ext4, mount
 	b.stage("workload", startWorkload)        // the database, unprivileged, owns the volumes
+	b.stage("services", startServices)        // TLS front door, mTLS management API
 
 	b.ready()           // readiness report, then "bulwark: ready"
 	b.waitForShutdown() // power button, SIGTERM/SIGPWR/SIGINT

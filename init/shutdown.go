@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/bulwarkvm/bulwark/internal/audit"
 )
 
 // teardownTimeout bounds the whole teardown, so that a stuck step cannot
@@ -22,6 +24,7 @@ func (b *boot) waitForShutdown() {
 // off. "powered off cleanly" is printed only when every step succeeded.
 func (b *boot) powerOff(reason string) {
 	b.log.Info("shutting down", "reason", reason)
+	b.audit.Append(audit.KindShutdown, "", "", reason, "started; volumes will be crypto-erased")
 	ctx, cancel := context.WithTimeout(context.Background(), teardownTimeout)
 	defer cancel()
 	clean := true

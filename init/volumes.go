@@ -3,6 +3,8 @@ package main
 import (
 	"context"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 
 	"github.com/bulwarkvm/bulwark/internal/proc"
@@ -30,5 +32,16 @@ func setUpVolumes(b *boot) (string, error) {
 		b.onShutdown("crypto-erase volume "+v.Name, v.Erase)
 		lines = append(lines, v.Name+" "+v.UUID)
 	}
-	return fmt.Sprintf("%d encrypted (%s)", len(lines), strings.Join(lines, ", ")), nil
+	// The audit log goes to the first volume, root-only: the workload,
+	// which owns the volume, cannot read or change it.
+	dir := filepath.Join(b.cfg.Volumes[0].Mount, ".bulwark")
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		return "", fmt.Errorf("volumes: audit directory: %w", err)
+	}
+	b.auditFile = filepath.Join(dir, "audit.log")
+	if err := b.audit.Attach(b.auditFile); err != nil {
+		return "", err
+	}
+	b.onShutdown("close audit log", func(context.Context) error { return b.audit.Close() })
+	return fmt.Sprintf("%d encrypted (%s); audit log on %s", len(lines), strings.Join(lines, ", "), b.cfg.Volumes[0].Name), nil
 }

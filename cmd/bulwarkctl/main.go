@@ -1,9 +1,13 @@
-// Command bulwarkctl is the operator's CLI. Exit codes: 0 success, 1 the
-// operation failed (for example an invalid config), 2 bad usage.
+// Command bulwarkctl is the operator's CLI: the project CA, the node
+// config check, the image build, and the management API of a running node
+// (status, client allowlist, audit log, shutdown). Output is for people by
+// default and JSON with --json. Exit codes: 0 success, 1 the operation
+// failed or was refused, 2 bad usage.
 package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -14,50 +18,108 @@ import (
 
 const usage = `usage: bulwarkctl COMMAND
 
-commands:
-  image build [flags]   build the node image into out/ (flags: bulwarkctl image build -h)
-  config check FILE     validate a node config exactly as the node will
+project CA:
+  ca init --dir DIR --project NAME [--key-type ecdsa-p256|rsa-3072]
+  ca issue node --dir DIR --name NAME [--dns N,..] [--ip A,..] --out PREFIX [--tls-json FILE]
+  ca issue client --dir DIR --name NAME --role operator|control-plane --out PREFIX
+  ca show --dir DIR [--text]         print the CA certificate (PEM) for clients to trust
+  ca verify --dir DIR [--use server|client] [--revoked S,..] CERT
+
+a running node (flags or BULWARK_NODE, BULWARK_CERT, BULWARK_KEY, BULWARK_CA):
+  status [--json]
+  allowlist get [--json]
+  allowlist set CIDR...              replace the client allowlist (atomic)
+  audit fetch [-o FILE]              download the node's audit log
+  shutdown --wipe                    power the node off; its volumes are crypto-erased
+  backup | ipsec rekey               start a backup / an IPsec rekey
+  node flags: --node HOST:PORT --cert FILE --key FILE --ca FILE
+
+offline:
+  audit verify FILE [--head HASH]    check an audit log's hash chain
+  config check FILE                  validate a node config exactly as the node will
+  image build [flags]                build the node image into out/
 `
+
+// usageError marks bad usage (exit code 2).
+type usageError struct{ msg string }
+
+func (e usageError) Error() string { return e.msg }
 
 func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
 func run(args []string, stdout, stderr io.Writer) int {
-	if len(args) < 2 {
-		fmt.Fprint(stderr, usage)
+	err := dispatch(args, stdout, stderr)
+	var ue usageError
+	switch {
+	case err == nil:
+		return 0
+	case errors.As(err, &ue):
+		fmt.Fprintf(stderr, "bulwarkctl: %s\n\n%s", ue.msg, usage)
 		return 2
 	}
-	switch args[0] + " " + args[1] {
-	case "image build":
-		if err := imagebuild.Main(context.Background(), args[2:], stdout); err != nil {
-			fmt.Fprintln(stderr, "bulwarkctl image build:", err)
-			return 1
-		}
-		return 0
-	case "config check":
-		if len(args) != 3 {
-			fmt.Fprint(stderr, usage)
-			return 2
-		}
-		return configCheck(args[2], stdout, stderr)
-	}
-	fmt.Fprintf(stderr, "bulwarkctl: unknown command %q\n%s", args[0]+" "+args[1], usage)
-	return 2
+	fmt.Fprintln(stderr, "bulwarkctl:", err)
+	return 1
 }
 
-func configCheck(path string, stdout, stderr io.Writer) int {
+func dispatch(args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		return usageError{"no command"}
+	}
+	cmd, rest := args[0], args[1:]
+	sub := ""
+	if len(rest) > 0 {
+		sub = rest[0]
+	}
+	switch cmd {
+	case "ca":
+		return caCommand(rest, stdout, stderr)
+	case "status":
+		return statusCommand(rest, stdout)
+	case "allowlist":
+		return allowlistCommand(rest, stdout, stderr)
+	case "audit":
+		if sub == "verify" {
+			return auditVerify(rest[1:], stdout)
+		}
+		if sub == "fetch" {
+			return auditFetch(rest[1:], stdout, stderr)
+		}
+		return usageError{"audit: use fetch or verify"}
+	case "shutdown":
+		return shutdownCommand(rest, stdout)
+	case "backup":
+		return postCommand("/v1/backup", rest, stdout)
+	case "ipsec":
+		if sub != "rekey" {
+			return usageError{"ipsec: use rekey"}
+		}
+		return postCommand("/v1/ipsec/rekey", rest[1:], stdout)
+	case "image":
+		if sub != "build" {
+			return usageError{"image: use build"}
+		}
+		return imagebuild.Main(context.Background(), rest[1:], stdout)
+	case "config":
+		if sub != "check" || len(rest) != 2 {
+			return usageError{"config: use check FILE"}
+		}
+		return configCheck(rest[1], stdout)
+	}
+	return usageError{fmt.Sprintf("unknown command %q", cmd)}
+}
+
+func configCheck(path string, stdout io.Writer) error {
 	doc, err := os.ReadFile(path)
 	if err != nil {
-		fmt.Fprintln(stderr, "bulwarkctl config check:", err)
-		return 1
+		return err
 	}
 	cfg, err := config.Parse(doc)
 	if err != nil {
-		fmt.Fprintf(stderr, "%s: %v\n", path, err)
-		return 1
+		return fmt.Errorf("%s: %w", path, err)
 	}
 	fmt.Fprintf(stdout, "%s: valid (version %d, hostname %s, %d interfaces, sha256 %s)\n",
 		path, cfg.Version, cfg.Hostname, len(cfg.Network.Interfaces), config.Digest(doc))
-	return 0
+	return nil
 }

@@ -140,6 +140,18 @@ func (l *Log) Bytes() []byte {
 	return bytes.Clone(l.buf.Bytes())
 }
 
+// Snapshot returns the whole log with the hash and seq of its last record,
+// taken together.
+func (l *Log) Snapshot() ([]byte, string, uint64) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	head, seq := Genesis, uint64(0)
+	if n := len(l.recs); n > 0 {
+		head, seq = l.recs[n-1].Hash, l.recs[n-1].Seq
+	}
+	return bytes.Clone(l.buf.Bytes()), head, seq
+}
+
 // Head is the hash of the last record (Genesis when empty) and its seq.
 func (l *Log) Head() (string, uint64) {
 	l.mu.Lock()

@@ -261,13 +261,14 @@ func (s *Server) guard(rt route) http.HandlerFunc {
 			result += " ok"
 		}
 		s.record(r, result)
-		if b, ok := body.([]byte); ok {
-			head, seq := s.o.Audit.Head()
-			w.Header().Set("X-Bulwark-Audit-Head", head)
-			w.Header().Set("X-Bulwark-Audit-Records", fmt.Sprint(seq))
+		if snap, ok := body.(auditSnapshot); ok {
+			// The head is the snapshot's, not the log's now: this very
+			// request has been recorded after it.
+			w.Header().Set("X-Bulwark-Audit-Head", snap.head)
+			w.Header().Set("X-Bulwark-Audit-Records", fmt.Sprint(snap.n))
 			w.Header().Set("Content-Type", "application/x-ndjson")
 			w.WriteHeader(code)
-			w.Write(b)
+			w.Write(snap.b)
 			return
 		}
 		writeJSON(w, code, body)
@@ -309,7 +310,8 @@ func (s *Server) serve(rt route, r *http.Request) (int, any, string) {
 		}
 		return 200, out, note
 	case "GET /v1/audit":
-		return 200, s.o.Audit.Bytes(), ""
+		b, head, n := s.o.Audit.Snapshot()
+		return 200, auditSnapshot{b, head, n}, ""
 	case "POST /v1/backup":
 		if err := s.o.Node.Backup(); err != nil {
 			return fail(501, err)
@@ -338,6 +340,13 @@ func (s *Server) serve(rt route, r *http.Request) (int, any, string) {
 		return 202, map[string]string{"result": "shutting down; the volumes will be crypto-erased"}, ""
 	}
 	return fail(404, errors.New("no such call"))
+}
+
+// auditSnapshot is the log as served, with its head.
+type auditSnapshot struct {
+	b    []byte
+	head string
+	n    uint64
 }
 
 func summarise(entries []string) string {

@@ -1,0 +1,312 @@
+package main
+
+import (
+	"bytes"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/bulwarkvm/bulwark/internal/audit"
+)
+
+// nodeFlags are the connection flags every node command takes; each
+// falls back to an environment variable.
+type nodeFlags struct {
+	node, cert, key, ca *string
+	json                *bool
+}
+
+func addNodeFlags(fs *flag.FlagSet) nodeFlags {
+	env := func(k string) string { return os.Getenv(k) }
+	return nodeFlags{
+		node: fs.String("node", env("BULWARK_NODE"), ""),
+		cert: fs.String("cert", env("BULWARK_CERT"), ""),
+		key:  fs.String("key", env("BULWARK_KEY"), ""),
+		ca:   fs.String("ca", env("BULWARK_CA"), ""),
+		json: fs.Bool("json", false, ""),
+	}
+}
+
+type client struct {
+	base string
+	http *http.Client
+}
+
+func (f nodeFlags) client() (*client, error) {
+	if *f.node == "" || *f.cert == "" || *f.key == "" || *f.ca == "" {
+		return nil, usageError{"--node, --cert, --key and --ca are required (or BULWARK_NODE, BULWARK_CERT, BULWARK_KEY, BULWARK_CA)"}
+	}
+	host, _, err := net.SplitHostPort(*f.node)
+	if err != nil {
+		return nil, usageError{fmt.Sprintf("--node %q: want HOST:PORT", *f.node)}
+	}
+	pair, err := tls.LoadX509KeyPair(*f.cert, *f.key)
+	if err != nil {
+		return nil, fmt.Errorf("your certificate: %w", err)
+	}
+	caPEM, err := os.ReadFile(*f.ca)
+	if err != nil {
+		return nil, fmt.Errorf("the project CA: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(caPEM) {
+		return nil, fmt.Errorf("%s holds no certificate", *f.ca)
+	}
+	cfg := &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{pair}, ServerName: host, MinVersion: tls.VersionTLS13}
+	return &client{base: "https://" + *f.node, http: &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: cfg}}}, nil
+}
+
+// call makes one request; a non-2xx answer becomes an error with the
+// node's message.
+func (c *client) call(method, path string, body any) ([]byte, http.Header, error) {
+	var rd io.Reader
+	if body != nil {
+		b, _ := json.Marshal(body)
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequest(method, c.base+path, rd)
+	if err != nil {
+		return nil, nil, err
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s %s: %w", method, path, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 256<<20))
+	if err != nil {
+		return nil, nil, err
+	}
+	if resp.StatusCode/100 != 2 {
+		var e struct {
+			Error string `json:"error"`
+		}
+		json.Unmarshal(b, &e)
+		if e.Error == "" {
+			e.Error = strings.TrimSpace(string(b))
+		}
+		return nil, nil, fmt.Errorf("the node refused %s %s (%d): %s", method, path, resp.StatusCode, e.Error)
+	}
+	return b, resp.Header, nil
+}
+
+func statusCommand(args []string, stdout io.Writer) error {
+	fs := newFlags("status")
+	nf := addNodeFlags(fs)
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	c, err := nf.client()
+	if err != nil {
+		return err
+	}
+	b, _, err := c.call("GET", "/v1/status", nil)
+	if err != nil {
+		return err
+	}
+	if *nf.json {
+		stdout.Write(b)
+		return nil
+	}
+	var st struct {
+		Hostname string `json:"hostname"`
+		Config   string `json:"config_sha256"`
+		Uptime   string `json:"uptime"`
+		Stages   []struct {
+			Name, Result, Detail string
+			Ms                   float64
+		} `json:"stages"`
+		Firewall   []string `json:"firewall"`
+		Volumes    []string `json:"volumes"`
+		FrontDoors []struct {
+			Port                               int
+			Protocol                           string
+			Active, Served, Refused, Plaintext int64
+		} `json:"front_doors"`
+		IPsec      string `json:"ipsec"`
+		Backups    string `json:"backups"`
+		AuditHead  string `json:"audit_head"`
+		AuditCount uint64 `json:"audit_records"`
+		AuditFile  string `json:"audit_file"`
+	}
+	if err := json.Unmarshal(b, &st); err != nil {
+		return fmt.Errorf("status: %w", err)
+	}
+	fmt.Fprintf(stdout, "node %s, up %s, config sha256 %s\n", st.Hostname, st.Uptime, st.Config)
+	for _, s := range st.Stages {
+		fmt.Fprintf(stdout, "  %-13s %-6s %9.1fms  %s\n", s.Name, s.Result, s.Ms, s.Detail)
+	}
+	for _, l := range st.Firewall {
+		fmt.Fprintf(stdout, "firewall: %s\n", l)
+	}
+	for _, v := range st.Volumes {
+		fmt.Fprintf(stdout, "volume %s\n", v)
+	}
+	for _, d := range st.FrontDoors {
+		fmt.Fprintf(stdout, "front door %d (%s): %d active, %d served, %d refused, %d plaintext attempts\n", d.Port, d.Protocol, d.Active, d.Served, d.Refused, d.Plaintext)
+	}
+	fmt.Fprintf(stdout, "ipsec: %s\nbackups: %s\naudit: %d records, head %s, %s\n", st.IPsec, st.Backups, st.AuditCount, st.AuditHead, st.AuditFile)
+	return nil
+}
+
+func allowlistCommand(args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 || (args[0] != "get" && args[0] != "set") {
+		return usageError{"allowlist: use get or set"}
+	}
+	fs := newFlags("allowlist " + args[0])
+	nf := addNodeFlags(fs)
+	if err := parse(fs, args[1:]); err != nil {
+		return err
+	}
+	c, err := nf.client()
+	if err != nil {
+		return err
+	}
+	var b []byte
+	if args[0] == "get" {
+		b, _, err = c.call("GET", "/v1/allowlist", nil)
+	} else {
+		entries := fs.Args()
+		if entries == nil {
+			entries = []string{}
+		}
+		b, _, err = c.call("PUT", "/v1/allowlist", map[string][]string{"clients": entries})
+	}
+	if err != nil {
+		return err
+	}
+	if *nf.json {
+		stdout.Write(b)
+		return nil
+	}
+	var res struct {
+		Clients []string `json:"clients"`
+		Warning string   `json:"warning"`
+	}
+	json.Unmarshal(b, &res)
+	if res.Warning != "" {
+		fmt.Fprintln(stderr, "warning:", res.Warning)
+	}
+	if len(res.Clients) == 0 {
+		fmt.Fprintln(stdout, "client allowlist: empty (no client can connect)")
+		return nil
+	}
+	fmt.Fprintf(stdout, "client allowlist (%d ranges):\n", len(res.Clients))
+	for _, e := range res.Clients {
+		fmt.Fprintln(stdout, "  "+e)
+	}
+	return nil
+}
+
+func auditFetch(args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("audit fetch")
+	nf := addNodeFlags(fs)
+	out := fs.String("o", "", "")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	c, err := nf.client()
+	if err != nil {
+		return err
+	}
+	b, h, err := c.call("GET", "/v1/audit", nil)
+	if err != nil {
+		return err
+	}
+	head := h.Get("X-Bulwark-Audit-Head")
+	n, _, verr := audit.Verify(bytes.NewReader(b), head)
+	if *out == "" {
+		stdout.Write(b)
+	} else if err := os.WriteFile(*out, b, 0o600); err != nil {
+		return err
+	}
+	fmt.Fprintf(stderr, "audit log: %d records, head %s\n", n, head)
+	if verr != nil {
+		return fmt.Errorf("the fetched log does not verify: %w", verr)
+	}
+	return nil
+}
+
+func auditVerify(args []string, stdout io.Writer) error {
+	fs := newFlags("audit verify")
+	head := fs.String("head", "", "")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() != 1 {
+		return usageError{"audit verify: give one log file"}
+	}
+	f, err := os.Open(fs.Arg(0))
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	n, h, err := audit.Verify(f, *head)
+	if err != nil {
+		return fmt.Errorf("%s: %w", fs.Arg(0), err)
+	}
+	fmt.Fprintf(stdout, "%s: %d records, chain intact, head %s\n", fs.Arg(0), n, h)
+	return nil
+}
+
+func shutdownCommand(args []string, stdout io.Writer) error {
+	fs := newFlags("shutdown")
+	nf := addNodeFlags(fs)
+	wipe := fs.Bool("wipe", false, "")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if !*wipe {
+		return usageError{"shutdown: say --wipe: a node only ever shuts down by crypto-erasing its volumes"}
+	}
+	c, err := nf.client()
+	if err != nil {
+		return err
+	}
+	b, _, err := c.call("POST", "/v1/shutdown", map[string]bool{"wipe": true})
+	if err != nil {
+		return err
+	}
+	return printResult(b, *nf.json, stdout)
+}
+
+func postCommand(path string, args []string, stdout io.Writer) error {
+	fs := newFlags(path)
+	nf := addNodeFlags(fs)
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	c, err := nf.client()
+	if err != nil {
+		return err
+	}
+	b, _, err := c.call("POST", path, struct{}{})
+	if err != nil {
+		return err
+	}
+	return printResult(b, *nf.json, stdout)
+}
+
+func printResult(b []byte, asJSON bool, stdout io.Writer) error {
+	if asJSON {
+		stdout.Write(b)
+		return nil
+	}
+	var res struct {
+		Result string `json:"result"`
+	}
+	if err := json.Unmarshal(b, &res); err != nil {
+		return errors.New("unexpected answer from the node")
+	}
+	fmt.Fprintln(stdout, res.Result)
+	return nil
+}

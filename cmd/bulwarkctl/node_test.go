@@ -1,0 +1,105 @@
+package main
+
+import (
+	"bytes"
+	"crypto/tls"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/bulwarkvm/bulwark/internal/audit"
+	"github.com/bulwarkvm/bulwark/internal/mgmt"
+	"github.com/bulwarkvm/bulwark/internal/pki"
+)
+
+type node struct{ clients []string }
+
+func (n *node) Status() any {
+	return map[string]any{"hostname": "n1", "firewall": []string{"default deny"}}
+}
+func (n *node) Allowlist() []string                     { return n.clients }
+func (n *node) SetAllowlist(e []string) (string, error) { n.clients = e; return "", nil }
+func (n *node) Backup() error                           { return mgmt.ErrNotAvailable }
+func (n *node) Rekey() error                            { return mgmt.ErrNotAvailable }
+func (n *node) Shutdown(string)                         {}
+
+func ctl(t *testing.T, want int, args ...string) string {
+	t.Helper()
+	var out, errb bytes.Buffer
+	if code := run(args, &out, &errb); code != want {
+		t.Fatalf("bulwarkctl %s: exit %d, want %d\nstdout: %s\nstderr: %s", strings.Join(args, " "), code, want, out.String(), errb.String())
+	}
+	return out.String() + errb.String()
+}
+
+// The whole operator path: make a CA and certificates with the CLI, talk
+// to a management API with them, fetch and verify the audit log.
+func TestCLIAgainstAManagementAPI(t *testing.T) {
+	dir := t.TempDir()
+	ca := filepath.Join(dir, "ca")
+	out := ctl(t, 0, "ca", "init", "--dir", ca, "--project", "acme")
+	if !strings.Contains(out, "acme project CA") {
+		t.Fatal(out)
+	}
+	ctl(t, 1, "ca", "init", "--dir", ca, "--project", "acme") // exists
+	ctl(t, 2, "ca", "init", "--dir", ca)                      // usage
+	ctl(t, 0, "ca", "issue", "node", "--dir", ca, "--name", "n1", "--ip", "127.0.0.1", "--out", filepath.Join(dir, "node"), "--tls-json", filepath.Join(dir, "tls.json"))
+	ctl(t, 0, "ca", "issue", "client", "--dir", ca, "--name", "robot", "--role", "control-plane", "--out", filepath.Join(dir, "robot"))
+	ctl(t, 1, "ca", "issue", "client", "--dir", ca, "--name", "x", "--role", "root", "--out", filepath.Join(dir, "x"))
+	if out := ctl(t, 0, "ca", "verify", "--dir", ca, filepath.Join(dir, "node.pem")); !strings.Contains(out, "valid for server use") {
+		t.Fatal(out)
+	}
+	ctl(t, 1, "ca", "verify", "--dir", ca, "--use", "server", filepath.Join(dir, "robot.pem"))
+	if out := ctl(t, 0, "ca", "show", "--dir", ca); !strings.HasPrefix(out, "-----BEGIN CERTIFICATE-----") {
+		t.Fatal(out)
+	}
+	if st, _ := os.Stat(filepath.Join(dir, "robot.key")); st.Mode().Perm() != 0o600 {
+		t.Fatal("client key is not owner-only")
+	}
+
+	loaded, _ := pki.Load(ca)
+	nodePair, err := tls.LoadX509KeyPair(filepath.Join(dir, "node.pem"), filepath.Join(dir, "node.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := audit.New(nil)
+	s, err := mgmt.Listen(mgmt.Options{Addr: "127.0.0.1:0", CA: loaded.Cert, Cert: nodePair, Audit: log, Node: &node{clients: []string{"0.0.0.0/0"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go s.Serve()
+	defer s.Close()
+	flags := []string{"--node", s.Addr().String(), "--cert", filepath.Join(dir, "robot.pem"), "--key", filepath.Join(dir, "robot.key"), "--ca", filepath.Join(ca, "ca.pem")}
+	with := func(args ...string) []string { return append(args, flags...) }
+
+	if out := ctl(t, 0, with("status")...); !strings.Contains(out, "node n1") || !strings.Contains(out, "firewall: default deny") {
+		t.Fatal(out)
+	}
+	if out := ctl(t, 0, append(with("allowlist", "set"), "10.0.0.0/8", "fd00::/8")...); !strings.Contains(out, "10.0.0.0/8") {
+		t.Fatal(out)
+	}
+	if out := ctl(t, 0, with("allowlist", "get", "--json")...); !strings.Contains(out, `"fd00::/8"`) {
+		t.Fatal(out)
+	}
+	if out := ctl(t, 1, with("backup")...); !strings.Contains(out, "not available") {
+		t.Fatal(out)
+	}
+	ctl(t, 2, with("shutdown")...) // no --wipe
+	logFile := filepath.Join(dir, "audit.log")
+	ctl(t, 0, with("audit", "fetch", "-o", logFile)...)
+	if out := ctl(t, 0, "audit", "verify", logFile); !strings.Contains(out, "chain intact") {
+		t.Fatal(out)
+	}
+	b, _ := os.ReadFile(logFile)
+	i := bytes.Index(b, []byte("allowlist"))
+	b[i] = 'A'
+	bad := filepath.Join(dir, "edited.log")
+	os.WriteFile(bad, b, 0o600)
+	if out := ctl(t, 1, "audit", "verify", bad); !strings.Contains(out, "edited") {
+		t.Fatal(out)
+	}
+	// Without a usable certificate the node is not reached.
+	ctl(t, 2, "status")
+	ctl(t, 1, "status", "--node", s.Addr().String(), "--cert", filepath.Join(dir, "node.pem"), "--key", filepath.Join(dir, "node.key"), "--ca", filepath.Join(ca, "ca.pem"))
+}

@@ -1,0 +1,175 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/bulwarkvm/bulwark/internal/config"
+	"github.com/bulwarkvm/bulwark/internal/firewall"
+	"github.com/bulwarkvm/bulwark/internal/frontdoor"
+	"github.com/bulwarkvm/bulwark/internal/mgmt"
+	"github.com/bulwarkvm/bulwark/internal/pki"
+)
+
+// startServices opens the TLS front door on each configured client port
+// and the management API (mutual TLS) on the management port. Without a
+// tls section neither runs: no client port ever speaks plaintext.
+func startServices(b *boot) (string, error) {
+	t := b.cfg.TLS
+	if t == nil {
+		return "no tls section: no front door, no management API", nil
+	}
+	cert, err := tls.X509KeyPair([]byte(t.Certificate), []byte(t.Key))
+	if err != nil {
+		return "", fmt.Errorf("services: the node certificate: %w", err)
+	}
+	ca, err := pki.ParseCertificate([]byte(t.CA))
+	if err != nil {
+		return "", fmt.Errorf("services: %w", err)
+	}
+	var parts []string
+	for _, fd := range b.cfg.FrontDoor {
+		s, err := frontdoor.Listen(frontdoor.Options{
+			Addr:         fmt.Sprintf(":%d", fd.Port),
+			Protocol:     fd.Protocol,
+			Backend:      fd.Backend,
+			TLS:          &tls.Config{Certificates: []tls.Certificate{cert}},
+			MaxPerSource: fd.MaxPerSource,
+			Log:          b.log,
+		})
+		if err != nil {
+			return "", fmt.Errorf("services: front door on port %d: %w", fd.Port, err)
+		}
+		b.goSafe(fmt.Sprintf("front door %d", fd.Port), func() {
+			if err := s.Serve(); err != nil {
+				b.log.Error("front door stopped", "port", fd.Port, "err", err)
+			}
+		})
+		b.doors = append(b.doors, door{fd, s})
+		b.onShutdown(fmt.Sprintf("close front door %d", fd.Port), func(context.Context) error { return s.Close() })
+		parts = append(parts, fmt.Sprintf("front door %d (%s) -> %s", fd.Port, fd.Protocol, fd.Backend))
+	}
+	port := b.cfg.Firewall.EffectiveManagementPort()
+	m, err := mgmt.Listen(mgmt.Options{
+		Addr:    fmt.Sprintf(":%d", port),
+		CA:      ca,
+		Cert:    cert,
+		Revoked: t.RevokedSerials,
+		Audit:   b.audit,
+		Node:    b,
+		Log:     b.log,
+	})
+	if err != nil {
+		return "", fmt.Errorf("services: management API: %w", err)
+	}
+	b.goSafe("management API", func() {
+		if err := m.Serve(); err != nil {
+			b.log.Error("management API stopped", "err", err)
+		}
+	})
+	b.onShutdown("close management API", func(context.Context) error { return m.Close() })
+	parts = append(parts, fmt.Sprintf("management API %d (mTLS, project CA %s)", port, ca.Subject.CommonName))
+	return strings.Join(parts, "; "), nil
+}
+
+// door is a running front door with its config.
+type door struct {
+	cfg config.FrontDoor
+	srv *frontdoor.Server
+}
+
+// The management API acts on the node through these methods.
+
+// Status is what GET /v1/status returns.
+func (b *boot) Status() any {
+	type stage struct {
+		Name   string  `json:"name"`
+		Result string  `json:"result"`
+		Millis float64 `json:"ms"`
+		Detail string  `json:"detail"`
+	}
+	type frontDoor struct {
+		Port     int    `json:"port"`
+		Protocol string `json:"protocol"`
+		frontdoor.Stats
+	}
+	st := struct {
+		Hostname   string      `json:"hostname"`
+		Config     string      `json:"config_sha256"`
+		Uptime     string      `json:"uptime"`
+		Stages     []stage     `json:"stages"`
+		Firewall   []string    `json:"firewall"`
+		Volumes    []string    `json:"volumes"`
+		FrontDoors []frontDoor `json:"front_doors"`
+		IPsec      string      `json:"ipsec"`
+		Backups    string      `json:"backups"`
+		AuditHead  string      `json:"audit_head"`
+		AuditCount uint64      `json:"audit_records"`
+		AuditFile  string      `json:"audit_file"`
+	}{
+		Hostname: b.cfg.Hostname,
+		Config:   b.cfgDigest,
+		Uptime:   time.Since(b.start).Round(time.Second).String(),
+		IPsec:    "not configured on this node",
+		Backups:  "not configured on this node",
+	}
+	for _, r := range b.results {
+		st.Stages = append(st.Stages, stage{r.name, r.status, float64(r.duration.Microseconds()) / 1000, r.detail})
+	}
+	if b.fw != nil {
+		st.Firewall = b.fw.Policy().Summary()
+	}
+	for _, n := range b.notes {
+		if v, ok := strings.CutPrefix(n, "volume "); ok {
+			st.Volumes = append(st.Volumes, v)
+		}
+	}
+	for _, d := range b.doors {
+		st.FrontDoors = append(st.FrontDoors, frontDoor{d.cfg.Port, d.cfg.Protocol, d.srv.Stats()})
+	}
+	st.AuditHead, st.AuditCount = b.audit.Head()
+	st.AuditFile = b.auditFile
+	if st.AuditFile == "" {
+		st.AuditFile = "memory only (no data volume)"
+	}
+	return st
+}
+
+// Allowlist is the client allowlist in force, as merged ranges.
+func (b *boot) Allowlist() []string {
+	if b.fw == nil {
+		return nil
+	}
+	l := b.fw.Policy().Clients
+	if l.Len() == 0 {
+		return []string{}
+	}
+	return strings.Split(l.String(), ", ")
+}
+
+// SetAllowlist replaces the client allowlist atomically.
+func (b *boot) SetAllowlist(entries []string) (string, error) {
+	if b.fw == nil {
+		return "", fmt.Errorf("no firewall")
+	}
+	w, err := b.fw.Replace(firewall.SetClients, entries)
+	if err == nil {
+		b.log.Info("firewall: client allowlist replaced", "clients", strings.Join(b.Allowlist(), ", "))
+		if w != "" {
+			b.log.Warn("firewall: " + w)
+		}
+	}
+	return w, err
+}
+
+// Backup is not available until the backup encryptor exists.
+func (b *boot) Backup() error { return fmt.Errorf("backups: %w", mgmt.ErrNotAvailable) }
+
+// Rekey is not available until IPsec exists.
+func (b *boot) Rekey() error { return fmt.Errorf("IPsec: %w", mgmt.ErrNotAvailable) }
+
+// Shutdown starts the shutdown (which always crypto-erases the volumes).
+func (b *boot) Shutdown(reason string) { b.requestShutdown(reason) }
