@@ -20,10 +20,27 @@ func newFlags(name string) *flag.FlagSet {
 	return fs
 }
 
+// parse parses flags wherever they are among the arguments (the flag
+// package stops at the first argument that is not a flag), leaving the
+// others, in order, as fs.Args().
 func parse(fs *flag.FlagSet, args []string) error {
-	if err := fs.Parse(args); err != nil {
-		return usageError{fs.Name() + ": " + err.Error()}
+	var positional []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return usageError{fs.Name() + ": " + err.Error()}
+		}
+		rest := fs.Args()
+		if len(rest) == 0 {
+			break
+		}
+		if rest[0] == "--" {
+			positional = append(positional, rest[1:]...)
+			break
+		}
+		positional = append(positional, rest[0])
+		args = rest[1:]
 	}
+	fs.Parse(append([]string{"--"}, positional...))
 	return nil
 }
 

@@ -76,7 +76,8 @@ func TestCLIAgainstAManagementAPI(t *testing.T) {
 	if out := ctl(t, 0, with("status")...); !strings.Contains(out, "node n1") || !strings.Contains(out, "firewall: default deny") {
 		t.Fatal(out)
 	}
-	if out := ctl(t, 0, append(with("allowlist", "set"), "10.0.0.0/8", "fd00::/8")...); !strings.Contains(out, "10.0.0.0/8") {
+	// Flags may come after the arguments, too.
+	if out := ctl(t, 0, with("allowlist", "set", "10.0.0.0/8", "fd00::/8")...); !strings.Contains(out, "10.0.0.0/8") {
 		t.Fatal(out)
 	}
 	if out := ctl(t, 0, with("allowlist", "get", "--json")...); !strings.Contains(out, `"fd00::/8"`) {
