@@ -15,7 +15,7 @@ DEBS := linux-image-amd64 systemd-boot-efi ovmf qemu-system-x86 qemu-utils \
 
 export CGO_ENABLED := 0
 
-.PHONY: all deps image demo test check unit fuzz qemutest bench-boot bench-volumes bench-firewall clean
+.PHONY: all deps image demo test check unit fuzz qemutest bench-boot bench-volumes bench-firewall bench-frontdoor clean
 
 all: image
 
@@ -70,6 +70,12 @@ bench-volumes: image
 # entries (docs/performance.md). Namespaces on the host, no QEMU.
 bench-firewall: deps
 	$(GO) test -run '^$$' -bench . -benchtime 20x ./internal/firewall/
+
+# TLS front door: handshakes per second and bulk throughput, through the
+# front door and straight to a TLS server, in one run (docs/performance.md).
+bench-frontdoor:
+	$(GO) test -run '^$$' -bench Handshakes -benchtime 1000x ./internal/frontdoor/
+	$(GO) test -run '^$$' -bench Throughput -benchtime 10x ./internal/frontdoor/
 
 clean:
 	rm -rf $(OUT)
