@@ -1,10 +1,11 @@
-// Command demo is make demo: it boots the built image under QEMU with an
-// example config and two blank data disks, on a test bridge in a private
-// network namespace, shows the node's console (its readiness report), shows
-// from the host that both disks are LUKS2 volumes with keys of their own,
-// reaches the node from a test client, powers it off with the ACPI power
-// button, and shows the disks crypto-erased. It exits 0 only if every step
-// worked.
+// Command demo is make demo: it makes a project CA, boots the built image
+// under QEMU with an example config, a node certificate and two blank data
+// disks, on a test bridge in a private network namespace, and shows each
+// promise from outside: the readiness report, both disks LUKS2 volumes with
+// keys of their own, TLS only on the client port, the firewall refusing a
+// stranger until the control plane allows it through the management API,
+// the audit log verified, and the disks crypto-erased after a shutdown
+// through the API. It exits 0 only if every step worked.
 package main
 
 import (
@@ -76,17 +77,24 @@ func demo(r *runner, out, cfgPath string) {
 	if err != nil {
 		r.Fatal(err)
 	}
-	r.step("test network: a bridge in a private namespace; a client at 10.99.0.20 and fd99::20 (in the allowlist), a stranger at 10.99.0.50 (not)")
-	n := harness.NewNet(r)
-	client := n.AddClient("10.99.0.20/24", "fd99::20/64")
-	stranger := n.AddClient("10.99.0.50/24")
-
-	r.step("two blank 256 MiB data disks, serials data0 and data1")
 	dir, err := os.MkdirTemp("", "bulwark-demo-")
 	if err != nil {
 		r.Fatal(err)
 	}
 	r.Cleanup(func() { os.RemoveAll(dir) })
+
+	r.step("test network: a bridge in a private namespace; a client at 10.99.0.20 and fd99::20 (in the allowlist), a stranger at 10.99.0.50 (not), an operator's machine at 10.99.0.5")
+	n := harness.NewNet(r)
+	client := n.AddClient("10.99.0.20/24", "fd99::20/64")
+	stranger := n.AddClient("10.99.0.50/24")
+	ops := n.AddClient("10.99.0.5/24")
+
+	r.step("the project CA (bulwarkctl ca init), a node certificate for 10.99.0.10, an operator's and the control plane's client certificates")
+	p := newPKI(r, dir)
+	fmt.Print(p.caText)
+	cfg = p.addToConfig(r, cfg)
+
+	r.step("two blank 256 MiB data disks, serials data0 and data1")
 	disks := []string{filepath.Join(dir, "data0.img"), filepath.Join(dir, "data1.img")}
 	for _, d := range disks {
 		if err := os.WriteFile(d, nil, 0o600); err != nil {
@@ -97,7 +105,7 @@ func demo(r *runner, out, cfgPath string) {
 		}
 	}
 
-	r.step("booting %s with %s (direct kernel boot, software emulation)", out, cfgPath)
+	r.step("booting %s with %s, plus the node's tls section and a PostgreSQL front door (direct kernel boot, software emulation)", out, cfgPath)
 	t0 := time.Now()
 	vm := harness.Start(r, harness.Options{Name: "demo", Image: img, Config: cfg, Net: n, Disks: disks, Echo: os.Stdout})
 	vm.MustWaitFor(`^bulwark: ready$`, 3*time.Minute)
@@ -123,9 +131,19 @@ func demo(r *runner, out, cfgPath string) {
 		fmt.Printf("ping %s: %s\n", addr, summary(string(o)))
 	}
 
+	r.step("only TLS on the client port")
+	fmt.Println(p.tlsHandshake(r, client, "10.99.0.10:5432"))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	o, err := client.Command(ctx, "psql", "host=10.99.0.10 port=5432 user=postgres dbname=postgres sslmode=disable", "-c", "select 1").CombinedOutput()
+	cancel()
+	if err == nil || !strings.Contains(string(o), "TLS is required") {
+		r.Fatalf("psql sslmode=disable: %v\n%s", err, o)
+	}
+	fmt.Printf("psql sslmode=disable: %s\n", strings.TrimSpace(string(o)))
+
 	r.step("the firewall refuses the stranger")
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	o, err := stranger.Command(ctx, "ping", "-c", "1", "-W", "5", "10.99.0.10").CombinedOutput()
+	ctx, cancel = context.WithTimeout(context.Background(), 20*time.Second)
+	o, err = stranger.Command(ctx, "ping", "-c", "1", "-W", "5", "10.99.0.10").CombinedOutput()
 	cancel()
 	if err == nil {
 		r.Fatalf("the stranger's ping was answered:\n%s", o)
@@ -140,8 +158,30 @@ func demo(r *runner, out, cfgPath string) {
 	}
 	fmt.Printf("tcp 10.99.0.10:9443 (management) from 10.99.0.50: %v\n", err)
 
-	r.step("pressing the ACPI power button")
-	if err := vm.PowerOff(time.Minute); err != nil {
+	r.step("the management API, from the operator's machine (bulwarkctl, mutual TLS)")
+	status := p.ctl(r, ops, "alice", 0, "status")
+	for _, l := range strings.Split(status, "\n") {
+		if strings.HasPrefix(l, "node ") || strings.HasPrefix(l, "firewall: clients") || strings.HasPrefix(l, "front door") || strings.HasPrefix(l, "audit:") {
+			fmt.Println("  " + l)
+		}
+	}
+	fmt.Printf("operator tries to change the allowlist: %s", p.ctl(r, ops, "alice", 1, "allowlist", "set", "0.0.0.0/0"))
+	fmt.Printf("control plane adds the stranger:\n%s", p.ctl(r, ops, "robot", 0, "allowlist", "set", "10.99.0.16/28", "fd99::20", "10.99.0.50"))
+	ctx, cancel = context.WithTimeout(context.Background(), 20*time.Second)
+	o, err = stranger.Command(ctx, "ping", "-c", "1", "-W", "5", "10.99.0.10").CombinedOutput()
+	cancel()
+	if err != nil {
+		r.Fatalf("the stranger is still refused after the change:\n%s", o)
+	}
+	fmt.Printf("ping 10.99.0.10 from 10.99.0.50 now: %s\n", summary(string(o)))
+	logFile := filepath.Join(dir, "audit.log")
+	fmt.Print(p.ctl(r, ops, "alice", 0, "audit", "fetch", "-o", logFile))
+	fmt.Print(p.ctl(r, nil, "", 0, "audit", "verify", logFile))
+
+	r.step("shutting the node down through the management API (bulwarkctl shutdown --wipe)")
+	fmt.Print(p.ctl(r, ops, "robot", 0, "shutdown", "--wipe"))
+	vm.MustWaitFor(`^bulwark: powered off cleanly$`, 2*time.Minute)
+	if err := vm.WaitExit(time.Minute); err != nil {
 		r.Fatal(err)
 	}
 
@@ -152,7 +192,7 @@ func demo(r *runner, out, cfgPath string) {
 		}
 		fmt.Printf("%s: no LUKS header: crypto-erased\n", filepath.Base(d))
 	}
-	fmt.Println("\ndemo OK: the node booted, encrypted both data volumes with keys of its own, answered the allowed client and refused the stranger, powered off cleanly and crypto-erased the volumes")
+	fmt.Println("\ndemo OK: the node booted, encrypted both data volumes with keys of its own, spoke only TLS on its client port, answered the allowed client and refused the stranger until the control plane allowed it, audited every management call, and powered off with its volumes crypto-erased")
 }
 
 // dumpSummary picks the lines of luksDump an auditor looks at.
