@@ -8,6 +8,7 @@ package firewall
 import (
 	"errors"
 	"fmt"
+	"runtime/debug"
 	"sync"
 
 	"github.com/google/nftables"
@@ -48,6 +49,7 @@ func (f *Firewall) Apply(p *Policy) error {
 	if err := checkVPC(p.VPC); err != nil {
 		return err
 	}
+	defer roomyGC(p.Clients.Len() + p.VPC.Len() + p.Peers.Len() + p.Management.Len())()
 	if err := queueReplace(f.conn, p); err != nil {
 		return fmt.Errorf("firewall: building the ruleset: %w", err)
 	}
@@ -84,6 +86,7 @@ func (f *Firewall) Replace(set string, entries []string) (warning string, err er
 	if !known {
 		return "", fmt.Errorf("firewall: %q is not a replaceable list (clients, vpc, peers, management)", set)
 	}
+	defer roomyGC(len(entries))()
 	l, err := cidr.ParseList(entries)
 	if err != nil {
 		return "", fmt.Errorf("firewall: %s%w", set, err)
@@ -158,4 +161,18 @@ func bigBuffers(c *netlink.Conn) error {
 		return fmt.Errorf("firewall: netlink socket buffers: %w", serr)
 	}
 	return nil
+}
+
+// roomyGC lets the heap grow further between collections while a large
+// batch is encoded, and returns the function that restores the setting.
+// Encoding one set element makes about five small allocations in the
+// netlink library; with the default GOGC a 10,000-range list triggers
+// several collections within one transaction, which then costs about twice
+// as long (docs/performance.md). Small batches are left alone.
+func roomyGC(ranges int) func() {
+	if ranges < 1000 {
+		return func() {}
+	}
+	old := debug.SetGCPercent(400)
+	return func() { debug.SetGCPercent(old) }
 }
