@@ -17,6 +17,7 @@ import (
 	"github.com/bulwarkvm/bulwark/internal/bootlog"
 	"github.com/bulwarkvm/bulwark/internal/config"
 	"github.com/bulwarkvm/bulwark/internal/firewall"
+	"github.com/bulwarkvm/bulwark/internal/ipsec"
 	"github.com/bulwarkvm/bulwark/internal/proc"
 )
 
@@ -44,6 +45,7 @@ type boot struct {
 	audit     *audit.Log
 	auditFile string
 	doors     []door
+	ipsec     *ipsec.Manager
 }
 
 type result struct {

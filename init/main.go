@@ -25,6 +25,7 @@ func main() {
 	b.stage("config", readConfig)             // fw_cfg or BULWARKCFG volume, strict
 	b.stage("firewall", applyFirewall)        // default deny, then the policy; before any link is up
 	b.stage("network", configureNetwork)      // links, addresses, routes, hostname
+	b.stage("ipsec", startIPsec)              // ESP-only policies, keying with peers over mTLS
 	b.stage("volumes", setUpVolumes)          // fresh key, LUKS2, dm-crypt, ext4, mount
 	b.stage("workload", startWorkload)        // the database, unprivileged, owns the volumes
 	b.stage("services", startServices)        // TLS front door, mTLS management API

@@ -104,7 +104,7 @@ func (b *boot) Status() any {
 		Firewall   []string    `json:"firewall"`
 		Volumes    []string    `json:"volumes"`
 		FrontDoors []frontDoor `json:"front_doors"`
-		IPsec      string      `json:"ipsec"`
+		IPsec      any         `json:"ipsec"`
 		Backups    string      `json:"backups"`
 		AuditHead  string      `json:"audit_head"`
 		AuditCount uint64      `json:"audit_records"`
@@ -129,6 +129,9 @@ func (b *boot) Status() any {
 	}
 	for _, d := range b.doors {
 		st.FrontDoors = append(st.FrontDoors, frontDoor{d.cfg.Port, d.cfg.Protocol, d.srv.Stats()})
+	}
+	if b.ipsec != nil {
+		st.IPsec = b.ipsec.Status()
 	}
 	st.AuditHead, st.AuditCount = b.audit.Head()
 	st.AuditFile = b.auditFile
@@ -168,8 +171,14 @@ func (b *boot) SetAllowlist(entries []string) (string, error) {
 // Backup is not available until the backup encryptor exists.
 func (b *boot) Backup() error { return fmt.Errorf("backups: %w", mgmt.ErrNotAvailable) }
 
-// Rekey is not available until IPsec exists.
-func (b *boot) Rekey() error { return fmt.Errorf("IPsec: %w", mgmt.ErrNotAvailable) }
+// Rekey forces a new key generation with every IPsec peer.
+func (b *boot) Rekey() error {
+	if b.ipsec == nil {
+		return fmt.Errorf("IPsec is not configured on this node: %w", mgmt.ErrNotAvailable)
+	}
+	b.ipsec.RekeyAll()
+	return nil
+}
 
 // Shutdown starts the shutdown (which always crypto-erases the volumes).
 func (b *boot) Shutdown(reason string) { b.requestShutdown(reason) }

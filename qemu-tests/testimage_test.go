@@ -60,6 +60,7 @@ func buildTestImage(base harness.Image) (harness.Image, error) {
 		{"markerwriter", "build", "./qemu-tests/testdata/markerwriter"},
 		{"netprobe", "build", "./qemu-tests/testdata/netprobe"},
 		{"volume.test", "test", "-c", "-tags", "guest", "./internal/volume"},
+		{"ipsec.test", "test", "-c", "-tags", "guest", "./internal/ipsec"},
 	} {
 		if err := build(b[0], b[1:]...); err != nil {
 			return harness.Image{}, err
@@ -73,7 +74,7 @@ func buildTestImage(base harness.Image) (harness.Image, error) {
 	_, err = imagebuild.Build(context.Background(), imagebuild.Options{
 		OutDir:     out,
 		SourceDir:  src,
-		ExtraTools: []string{"/usr/sbin/cryptsetup"},
+		ExtraTools: []string{"/usr/sbin/cryptsetup", "/usr/sbin/ip"},
 		ExtraFiles: extra,
 		SkipDisk:   true,
 	})

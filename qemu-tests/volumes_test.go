@@ -45,6 +45,8 @@ func TestGuestVolumeInterop(t *testing.T) {
 		"--- PASS: TestGuestCryptsetupOpenedByOurs/512",
 		"--- PASS: TestGuestSetupAndErase",
 		"guesttest: PASS volume.test",
+		"--- PASS: TestGuestXfrmState",
+		"guesttest: PASS ipsec.test",
 	} {
 		if !strings.Contains(console, want) {
 			t.Errorf("missing %q", want)

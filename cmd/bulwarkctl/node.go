@@ -132,11 +132,11 @@ func statusCommand(args []string, stdout io.Writer) error {
 			Protocol                           string
 			Active, Served, Refused, Plaintext int64
 		} `json:"front_doors"`
-		IPsec      string `json:"ipsec"`
-		Backups    string `json:"backups"`
-		AuditHead  string `json:"audit_head"`
-		AuditCount uint64 `json:"audit_records"`
-		AuditFile  string `json:"audit_file"`
+		IPsec      json.RawMessage `json:"ipsec"`
+		Backups    string          `json:"backups"`
+		AuditHead  string          `json:"audit_head"`
+		AuditCount uint64          `json:"audit_records"`
+		AuditFile  string          `json:"audit_file"`
 	}
 	if err := json.Unmarshal(b, &st); err != nil {
 		return fmt.Errorf("status: %w", err)
@@ -154,7 +154,24 @@ func statusCommand(args []string, stdout io.Writer) error {
 	for _, d := range st.FrontDoors {
 		fmt.Fprintf(stdout, "front door %d (%s): %d active, %d served, %d refused, %d plaintext attempts\n", d.Port, d.Protocol, d.Active, d.Served, d.Refused, d.Plaintext)
 	}
-	fmt.Fprintf(stdout, "ipsec: %s\nbackups: %s\naudit: %d records, head %s, %s\n", st.IPsec, st.Backups, st.AuditCount, st.AuditHead, st.AuditFile)
+	var peers []struct {
+		Name, Address, State string
+		SAAge                string `json:"sa_age"`
+		Generation           uint64
+		Rekeys               int
+		BytesOut             uint64 `json:"bytes_out"`
+		BytesIn              uint64 `json:"bytes_in"`
+	}
+	var note string
+	if json.Unmarshal(st.IPsec, &peers) == nil {
+		for _, p := range peers {
+			fmt.Fprintf(stdout, "ipsec peer %s %s: %s, generation %d, SA age %s, %d rekeys, %d bytes out, %d in\n",
+				p.Name, p.Address, p.State, p.Generation, p.SAAge, p.Rekeys, p.BytesOut, p.BytesIn)
+		}
+	} else if json.Unmarshal(st.IPsec, &note) == nil {
+		fmt.Fprintf(stdout, "ipsec: %s\n", note)
+	}
+	fmt.Fprintf(stdout, "backups: %s\naudit: %d records, head %s, %s\n", st.Backups, st.AuditCount, st.AuditHead, st.AuditFile)
 	return nil
 }
 

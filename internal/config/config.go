@@ -40,6 +40,30 @@ type Config struct {
 	TLS *TLS `json:"tls,omitempty"`
 	// FrontDoor lists the client ports the node serves over TLS.
 	FrontDoor []FrontDoor `json:"front_door,omitempty"`
+	// IPsec keys ESP with the service's other nodes.
+	IPsec *IPsec `json:"ipsec,omitempty"`
+}
+
+// IPsec is the node-to-node encryption: every packet between this node's
+// address and a peer's is ESP, keyed over mutual TLS with the node
+// certificates (docs/ipsec-keying.md).
+type IPsec struct {
+	// Address is this node's address towards its peers.
+	Address string `json:"address"`
+	// Peers are the service's other nodes: the name their certificate
+	// must carry, and their address.
+	Peers []Peer `json:"peers"`
+	// RekeySeconds is the time between key generations; default 3600.
+	RekeySeconds int `json:"rekey_seconds,omitempty"`
+	// GraceSeconds is how long an old generation's SAs stay after a
+	// rekey; default 30.
+	GraceSeconds int `json:"grace_seconds,omitempty"`
+}
+
+// Peer is another node of the service.
+type Peer struct {
+	Name    string `json:"name"`
+	Address string `json:"address"`
 }
 
 // TLS is the node's identity in the project PKI.

@@ -57,7 +57,55 @@ func (c *Config) Validate() error {
 			return err
 		}
 	}
-	return c.validateFrontDoor()
+	if err := c.validateFrontDoor(); err != nil {
+		return err
+	}
+	if c.IPsec != nil {
+		return c.validateIPsec()
+	}
+	return nil
+}
+
+func (c *Config) validateIPsec() error {
+	s := c.IPsec
+	if c.TLS == nil {
+		return errors.New("ipsec: needs the tls section (peers authenticate with node certificates)")
+	}
+	self, err := netip.ParseAddr(s.Address)
+	if err != nil || self.Zone() != "" || !self.IsGlobalUnicast() && !self.IsPrivate() {
+		return fmt.Errorf("ipsec.address: %q is not a unicast address", s.Address)
+	}
+	if len(s.Peers) == 0 || len(s.Peers) > 64 {
+		return fmt.Errorf("ipsec.peers: %d peers; give 1 to 64", len(s.Peers))
+	}
+	seen := map[netip.Addr]int{}
+	for i, p := range s.Peers {
+		at := fmt.Sprintf("ipsec.peers[%d]", i)
+		if err := checkHostname(p.Name); err != nil {
+			return fmt.Errorf("%s.name: %w", at, err)
+		}
+		a, err := netip.ParseAddr(p.Address)
+		if err != nil || a.Zone() != "" {
+			return fmt.Errorf("%s.address: %q is not an IP address", at, p.Address)
+		}
+		if a == self {
+			return fmt.Errorf("%s.address: %s is this node's own ipsec.address", at, a)
+		}
+		if a.Is4() != self.Is4() {
+			return fmt.Errorf("%s.address: %s is not of the same family as ipsec.address %s", at, a, self)
+		}
+		if j, dup := seen[a]; dup {
+			return fmt.Errorf("%s.address: %s is also ipsec.peers[%d]", at, a, j)
+		}
+		seen[a] = i
+	}
+	if s.RekeySeconds != 0 && (s.RekeySeconds < 10 || s.RekeySeconds > 86400) {
+		return fmt.Errorf("ipsec.rekey_seconds: %d is out of range (10 to 86400)", s.RekeySeconds)
+	}
+	if s.GraceSeconds != 0 && (s.GraceSeconds < 1 || s.GraceSeconds > 600) {
+		return fmt.Errorf("ipsec.grace_seconds: %d is out of range (1 to 600)", s.GraceSeconds)
+	}
+	return nil
 }
 
 func (t *TLS) validate() error {

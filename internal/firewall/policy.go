@@ -66,7 +66,7 @@ func FromConfig(c *config.Config) (*Policy, error) {
 	}{
 		{"firewall.clients", f.EffectiveClients(), &p.Clients},
 		{"firewall.vpc_networks", f.VPCNetworks, &p.VPC},
-		{"firewall.peers", f.Peers, &p.Peers},
+		{"firewall.peers", append(slices.Clone(f.Peers), ipsecPeers(c)...), &p.Peers},
 		{"firewall.management_sources", f.ManagementSources, &p.Management},
 	}
 	for _, l := range lists {
@@ -180,4 +180,17 @@ func (p *Policy) Summary() []string {
 		mgmt,
 		"egress: " + strings.Join(egress, "; "),
 	}
+}
+
+// ipsecPeers are the addresses of the IPsec peers: ESP, keying and the
+// peer ports are open to them without repeating them in firewall.peers.
+func ipsecPeers(c *config.Config) []string {
+	if c.IPsec == nil {
+		return nil
+	}
+	var out []string
+	for _, p := range c.IPsec.Peers {
+		out = append(out, p.Address)
+	}
+	return out
 }

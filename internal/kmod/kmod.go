@@ -64,6 +64,7 @@ var Modules = []Module{
 	{Name: "ghash_clmulni_intel", Optional: true, Why: "faster GHASH"},
 	{Name: "gcm", Why: "AES-GCM for ESP"},
 	{Name: "seqiv", Why: "ESP IV generation"},
+	{Name: "drbg", Why: "ESP IV generation (seqiv seeds its salt from stdrng)"},
 	{Name: "echainiv", Why: "ESP IV generation"},
 	{Name: "authenc", Why: "ESP"},
 	{Name: "tpm_crb", Why: "TPM 2.0 (CRB interface)"},

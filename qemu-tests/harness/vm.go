@@ -96,6 +96,7 @@ type VM struct {
 	t       T
 	opts    Options
 	dir     string
+	tap     string // the NIC's tap device in the test network
 	cmd     *exec.Cmd
 	started time.Time
 	exited  chan struct{}
@@ -224,6 +225,7 @@ func (vm *VM) args() ([]string, error) {
 	}
 	if o.Net != nil {
 		tap := o.Net.tap()
+		vm.tap = tap
 		mac := o.MAC
 		if mac == "" {
 			mac = fmt.Sprintf("52:54:00:%02x:%02x:%02x", os.Getpid()&0xff, seq.Add(1)&0xff, len(o.Name))
@@ -414,6 +416,43 @@ func (vm *VM) WaitExit(timeout time.Duration) error {
 	case <-time.After(timeout):
 		return fmt.Errorf("%s: QEMU still running after %v", vm.opts.Name, timeout)
 	}
+}
+
+// Capture records the VM's NIC traffic with tcpdump, on its tap device in
+// the test network, into path (pcap, Ethernet frames). The returned stop
+// function ends the capture and waits until the file is complete; it also
+// runs when the test ends.
+func (vm *VM) Capture(path string) (stop func()) {
+	vm.t.Helper()
+	if vm.tap == "" {
+		vm.t.Fatal("harness: Capture needs a VM with Net")
+	}
+	cmd := exec.Command("ip", "netns", "exec", vm.opts.Net.NS, "tcpdump", "-i", vm.tap, "-U", "-s", "0", "-w", path)
+	var mu sync.Mutex
+	var errb bytes.Buffer
+	cmd.Stderr = &lockedWriter{mu: &mu, w: &errb}
+	if err := startPinned(cmd, vm.exited); err != nil {
+		vm.t.Fatalf("tcpdump: %v", err)
+	}
+	// tcpdump says "listening on" once it captures.
+	for i := 0; i < 100; i++ {
+		mu.Lock()
+		up := strings.Contains(errb.String(), "listening on")
+		mu.Unlock()
+		if up {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cmd.Process.Signal(syscall.SIGINT)
+			cmd.Wait()
+		})
+	}
+	addCleanup(vm.t, stop)
+	return stop
 }
 
 // Kill stops QEMU at once, as a host crash or a cloud "terminate" would:

@@ -22,7 +22,35 @@ func main() {
 	listen := flag.String("listen", "", "comma-separated TCP ports to listen on")
 	connect := flag.String("connect", "", "comma-separated host:port to connect to")
 	echo := flag.String("echo", "", "host:port of an echo server (a stand-in workload behind the front door)")
+	sink := flag.String("sink", "", "host:port to accept streams on, counting what arrives")
+	stream := flag.String("stream", "", "host:port to stream the marker to")
+	marker := flag.String("marker", "MARKER", "what the stream repeats")
+	seconds := flag.Int("seconds", 30, "how long the stream runs")
 	flag.Parse()
+	if *sink != "" {
+		ln, err := net.Listen("tcp", *sink)
+		if err != nil {
+			fmt.Println("netprobe: sink", err)
+			os.Exit(1)
+		}
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				go func() {
+					n, err := io.Copy(io.Discard, c)
+					fmt.Printf("netprobe: sink received %d bytes from %s (%v)\n", n, c.RemoteAddr(), err)
+					c.Close()
+				}()
+			}
+		}()
+		fmt.Printf("netprobe: sink on %s\n", *sink)
+	}
+	if *stream != "" {
+		go runStream(*stream, *marker, time.Duration(*seconds)*time.Second)
+	}
 	if *echo != "" {
 		ln, err := net.Listen("tcp", *echo)
 		if err != nil {
@@ -73,6 +101,39 @@ func main() {
 		}
 	}
 	select {}
+}
+
+// runStream connects (retrying until the peer's SAs are up) and writes the
+// marker for the given time, then reports what it sent and every error.
+func runStream(addr, marker string, d time.Duration) {
+	var c net.Conn
+	var err error
+	for i := 0; i < 120; i++ {
+		if c, err = net.DialTimeout("tcp", addr, 2*time.Second); err == nil {
+			break
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	if err != nil {
+		fmt.Printf("netprobe: stream to %s: no connection: %v\n", addr, err)
+		return
+	}
+	fmt.Printf("netprobe: stream to %s: connected\n", addr)
+	chunk := []byte(strings.Repeat(marker, 4096/len(marker)+1)[:4096])
+	var sent int64
+	end := time.Now().Add(d)
+	for time.Now().Before(end) {
+		c.SetWriteDeadline(time.Now().Add(10 * time.Second))
+		n, err := c.Write(chunk)
+		sent += int64(n)
+		if err != nil {
+			fmt.Printf("netprobe: stream to %s: error after %d bytes: %v\n", addr, sent, err)
+			return
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	c.Close()
+	fmt.Printf("netprobe: stream to %s: done, %d bytes sent, no errors\n", addr, sent)
 }
 
 func split(s string) []string {

@@ -1,0 +1,487 @@
+// Package ipsec secures the traffic between the nodes of a service with
+// ESP: for each pair of peers, keys come from a mutually authenticated TLS
+// 1.3 connection (the TLS exporter), SAs and policies are installed over
+// netlink (XFRM), and the policies make the kernel drop plaintext between
+// the two addresses in both directions. Rekeying is make-before-break. The
+// protocol and its reasoning are in docs/ipsec-keying.md.
+package ipsec
+
+import (
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/bulwarkvm/bulwark/internal/pki"
+	"github.com/bulwarkvm/bulwark/internal/secret"
+)
+
+// Defaults.
+const (
+	DefaultRekey = time.Hour
+	DefaultGrace = 30 * time.Second
+	// rekeyBytes and rekeyPackets trigger a rekey long before ESN or
+	// AES-GCM limits (2^32 packets per key is the usual GCM bound).
+	rekeyBytes   = 1 << 40
+	rekeyPackets = 1 << 31
+)
+
+// Options configure the manager.
+type Options struct {
+	Self       netip.Addr
+	Peers      []Peer
+	KeyingPort int
+	CA         *x509.Certificate
+	Cert       tls.Certificate
+	Revoked    []string
+	Rekey      time.Duration
+	Grace      time.Duration
+	Log        *slog.Logger
+}
+
+// Peer is another node: the name its certificate must carry and its
+// address.
+type Peer struct {
+	Name string
+	Addr netip.Addr
+}
+
+// generation is one installed key generation with a peer.
+type generation struct {
+	gen           uint64
+	inSPI, outSPI uint32
+	installed     time.Time
+	peerBoot      string
+}
+
+type peerState struct {
+	Peer
+	reqid    int
+	policies int // installed
+	mu       sync.Mutex
+	cur      *generation
+	old      []*generation
+	state    string
+	lastErr  string
+	rekeys   int
+	lastBoot string
+	kick     chan struct{}
+}
+
+// Manager runs the keying for all peers.
+type Manager struct {
+	o     Options
+	boot  string
+	peers []*peerState
+	ln    net.Listener
+	done  chan struct{}
+	wg    sync.WaitGroup
+	tls   *tls.Config
+}
+
+// Start installs the policies (from this moment plaintext to and from the
+// peers is dropped), listens on the keying port and starts keying.
+func Start(o Options) (*Manager, error) {
+	if o.Rekey == 0 {
+		o.Rekey = DefaultRekey
+	}
+	if o.Grace == 0 {
+		o.Grace = DefaultGrace
+	}
+	b := make([]byte, 8)
+	rand.Read(b)
+	m := &Manager{o: o, boot: hex.EncodeToString(b), done: make(chan struct{})}
+	pool := x509.NewCertPool()
+	pool.AddCert(o.CA)
+	m.tls = &tls.Config{
+		MinVersion:   tls.VersionTLS13,
+		Certificates: []tls.Certificate{o.Cert},
+		RootCAs:      pool,
+		ClientCAs:    pool,
+		ClientAuth:   tls.RequireAndVerifyClientCert,
+	}
+	for i, p := range o.Peers {
+		ps := &peerState{Peer: p, reqid: 1000 + i, state: "connecting", kick: make(chan struct{}, 1)}
+		if err := installPolicies(policies(o.Self, p.Addr, o.KeyingPort, 0, ps.reqid)); err != nil {
+			m.removeAll()
+			return nil, err
+		}
+		m.peers = append(m.peers, ps)
+	}
+	ln, err := net.Listen("tcp", net.JoinHostPort(o.Self.String(), fmt.Sprint(o.KeyingPort)))
+	if err != nil {
+		m.removeAll()
+		return nil, fmt.Errorf("ipsec: keying port: %w", err)
+	}
+	m.ln = ln
+	m.wg.Add(1)
+	go m.accept()
+	for _, p := range m.peers {
+		m.wg.Add(1)
+		go m.run(p)
+	}
+	return m, nil
+}
+
+// Close stops keying and removes every SA and policy.
+func (m *Manager) Close() error {
+	close(m.done)
+	m.ln.Close()
+	m.wg.Wait()
+	m.removeAll()
+	return nil
+}
+
+func (m *Manager) removeAll() {
+	for _, p := range m.peers {
+		p.mu.Lock()
+		for _, g := range append(p.old, p.cur) {
+			if g != nil {
+				deleteState(p.Addr, m.o.Self, g.inSPI)
+				deleteState(m.o.Self, p.Addr, g.outSPI)
+			}
+		}
+		p.mu.Unlock()
+		removePolicies(policies(m.o.Self, p.Addr, m.o.KeyingPort, 0, p.reqid))
+	}
+}
+
+// initiates: the peer with the lower address initiates each generation;
+// the other asks it to (a "request") when it has no SA.
+func (m *Manager) initiates(p *peerState) bool { return m.o.Self.Less(p.Addr) }
+
+// RekeyAll forces a new generation with every peer.
+func (m *Manager) RekeyAll() {
+	for _, p := range m.peers {
+		select {
+		case p.kick <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// run keeps one peer keyed: it initiates generations (or requests them),
+// rekeys on time and volume, retries with backoff and retires old
+// generations after the grace period.
+func (m *Manager) run(p *peerState) {
+	defer m.wg.Done()
+	backoff := time.Second
+	for {
+		p.mu.Lock()
+		cur := p.cur
+		p.mu.Unlock()
+		due := cur == nil || time.Since(cur.installed) >= m.o.Rekey || m.overVolume(p, cur)
+		wait := 5 * time.Second
+		if due {
+			var err error
+			if m.initiates(p) {
+				err = m.initiate(p)
+			} else if cur == nil {
+				err = m.request(p)
+			}
+			if err != nil {
+				p.mu.Lock()
+				p.lastErr = err.Error()
+				if p.cur == nil {
+					p.state = "down: " + err.Error()
+				}
+				p.mu.Unlock()
+				m.o.Log.Warn("ipsec: keying failed", "peer", p.Name, "err", err, "retry in", backoff)
+				wait = backoff
+				backoff = min(2*backoff, 30*time.Second)
+			} else {
+				backoff = time.Second
+			}
+		}
+		m.retire(p)
+		select {
+		case <-m.done:
+			return
+		case <-p.kick:
+			if m.initiates(p) {
+				if err := m.initiate(p); err != nil {
+					m.o.Log.Warn("ipsec: forced rekey failed", "peer", p.Name, "err", err)
+				}
+			} else {
+				m.request(p)
+			}
+		case <-time.After(wait):
+		}
+	}
+}
+
+func (m *Manager) overVolume(p *peerState, g *generation) bool {
+	if g == nil {
+		return false
+	}
+	b, n, err := stateStats(m.o.Self, p.Addr, g.outSPI)
+	return err == nil && (b > rekeyBytes || n > rekeyPackets)
+}
+
+// retire deletes generations older than the current one once the grace
+// period has passed (immediately when the peer has rebooted).
+func (m *Manager) retire(p *peerState) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	keep := p.old[:0]
+	for _, g := range p.old {
+		if p.cur != nil && (g.peerBoot != p.cur.peerBoot || time.Since(p.cur.installed) >= m.o.Grace) {
+			deleteState(p.Addr, m.o.Self, g.inSPI)
+			deleteState(m.o.Self, p.Addr, g.outSPI)
+			continue
+		}
+		keep = append(keep, g)
+	}
+	p.old = keep
+}
+
+func (m *Manager) dial(p *peerState) (*tls.Conn, error) {
+	cfg := m.tls.Clone()
+	cfg.ServerName = p.Name
+	cfg.VerifyConnection = m.verifyPeer(p)
+	d := &net.Dialer{Timeout: 10 * time.Second, LocalAddr: &net.TCPAddr{IP: m.o.Self.AsSlice()}}
+	c, err := tls.DialWithDialer(d, "tcp", net.JoinHostPort(p.Addr.String(), fmt.Sprint(m.o.KeyingPort)), cfg)
+	if err != nil {
+		return nil, fmt.Errorf("keying connection to %s: %w", p.Addr, err)
+	}
+	return c, nil
+}
+
+// verifyPeer checks that the other end is the expected peer: a node
+// certificate of the project CA that names it, not revoked.
+func (m *Manager) verifyPeer(p *peerState) func(tls.ConnectionState) error {
+	return func(cs tls.ConnectionState) error {
+		if len(cs.PeerCertificates) == 0 {
+			return errors.New("no certificate")
+		}
+		c := cs.PeerCertificates[0]
+		if err := pki.Verify(m.o.CA, c, x509.ExtKeyUsageServerAuth, m.o.Revoked, time.Now()); err != nil {
+			return err
+		}
+		if err := c.VerifyHostname(p.Name); err != nil {
+			return fmt.Errorf("the certificate does not name peer %s: %w", p.Name, err)
+		}
+		return nil
+	}
+}
+
+// request asks an initiating peer for a new generation.
+func (m *Manager) request(p *peerState) error {
+	c, err := m.dial(p)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	deadline(c)
+	return newWire(c).send(message{Type: "request", Boot: m.boot})
+}
+
+// initiate runs one generation as the initiator.
+func (m *Manager) initiate(p *peerState) error {
+	c, err := m.dial(p)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	deadline(c)
+	w := newWire(c)
+	p.mu.Lock()
+	gen := uint64(1)
+	if p.cur != nil {
+		gen = p.cur.gen + 1
+	}
+	p.mu.Unlock()
+	inSPI, err := allocSPI(p.Addr, m.o.Self, p.reqid)
+	if err != nil {
+		return err
+	}
+	if err := w.send(message{Type: "hello", Boot: m.boot, Gen: gen, SPI: inSPI}); err != nil {
+		return err
+	}
+	hello, err := w.recv("hello")
+	if err != nil {
+		return err
+	}
+	return m.install(p, w, c.ConnectionState(), m.o.Self, p.Addr, inSPI, hello.SPI, gen, hello.Boot, true)
+}
+
+// respond runs one generation as the responder.
+func (m *Manager) respond(p *peerState, w *wire, cs tls.ConnectionState, hello message) error {
+	inSPI, err := allocSPI(p.Addr, m.o.Self, p.reqid)
+	if err != nil {
+		w.send(message{Type: "error", Err: err.Error()})
+		return err
+	}
+	if err := w.send(message{Type: "hello", Boot: m.boot, Gen: hello.Gen, SPI: inSPI}); err != nil {
+		return err
+	}
+	return m.install(p, w, cs, p.Addr, m.o.Self, hello.SPI, inSPI, hello.Gen, hello.Boot, false)
+}
+
+// install derives the keys and installs the generation: inbound SA first,
+// then (once the peer has its inbound SA) the outbound SA and the switch of
+// the outbound policy to it. The older generation stays for the grace
+// period, so packets in flight under it are still accepted.
+func (m *Manager) install(p *peerState, w *wire, cs tls.ConnectionState, initiator, responder netip.Addr, spiI, spiR uint32, gen uint64, peerBoot string, isInitiator bool) error {
+	kIR, kRI, err := keys(cs, initiator, responder, spiI, spiR, gen)
+	if err != nil {
+		return err
+	}
+	// The key material goes to the kernel and is then zeroed; it lives in
+	// locked memory meanwhile.
+	buf, err := secret.New(2 * aeadKeyLen)
+	if err != nil {
+		return err
+	}
+	defer buf.Destroy()
+	copy(buf.Bytes(), kIR)
+	copy(buf.Bytes()[aeadKeyLen:], kRI)
+	clear(kIR)
+	clear(kRI)
+	outKey, inKey := buf.Bytes()[:aeadKeyLen], buf.Bytes()[aeadKeyLen:]
+	inSPI, outSPI := spiI, spiR
+	if !isInitiator {
+		outKey, inKey = inKey, outKey
+		inSPI, outSPI = spiR, spiI
+	}
+	if err := installState(p.Addr, m.o.Self, inSPI, inKey, p.reqid); err != nil {
+		return err
+	}
+	if err := w.send(message{Type: "ready"}); err != nil {
+		deleteState(p.Addr, m.o.Self, inSPI)
+		return err
+	}
+	if _, err := w.recv("ready"); err != nil {
+		deleteState(p.Addr, m.o.Self, inSPI)
+		return err
+	}
+	if err := installState(m.o.Self, p.Addr, outSPI, outKey, p.reqid); err != nil {
+		deleteState(p.Addr, m.o.Self, inSPI)
+		return err
+	}
+	if err := installPolicies(policies(m.o.Self, p.Addr, m.o.KeyingPort, outSPI, p.reqid)); err != nil {
+		return err
+	}
+	p.mu.Lock()
+	if p.cur != nil {
+		p.old = append(p.old, p.cur)
+	}
+	rebooted := p.lastBoot != "" && p.lastBoot != peerBoot
+	p.cur = &generation{gen: gen, inSPI: inSPI, outSPI: outSPI, installed: time.Now(), peerBoot: peerBoot}
+	p.lastBoot = peerBoot
+	p.state, p.lastErr = "up", ""
+	p.rekeys++
+	p.mu.Unlock()
+	m.o.Log.Info("ipsec: SAs installed", "peer", p.Name, "gen", gen, "in_spi", fmt.Sprintf("%#x", inSPI), "out_spi", fmt.Sprintf("%#x", outSPI), "peer_rebooted", rebooted)
+	m.retire(p)
+	return nil
+}
+
+// accept serves keying connections from peers.
+func (m *Manager) accept() {
+	defer m.wg.Done()
+	for {
+		c, err := m.ln.Accept()
+		if err != nil {
+			select {
+			case <-m.done:
+				return
+			default:
+			}
+			time.Sleep(100 * time.Millisecond)
+			continue
+		}
+		go m.serve(c)
+	}
+}
+
+func (m *Manager) serve(raw net.Conn) {
+	defer raw.Close()
+	from := remoteAddr(raw)
+	i := slices.IndexFunc(m.peers, func(p *peerState) bool { return p.Addr == from })
+	if i < 0 {
+		m.o.Log.Warn("ipsec: keying connection from a non-peer", "from", from)
+		return
+	}
+	p := m.peers[i]
+	cfg := m.tls.Clone()
+	cfg.VerifyConnection = m.verifyPeer(p)
+	c := tls.Server(raw, cfg)
+	deadline(c)
+	if err := c.Handshake(); err != nil {
+		m.o.Log.Warn("ipsec: keying handshake refused", "peer", p.Name, "from", from, "err", err)
+		return
+	}
+	w := newWire(c)
+	msg, err := w.recv("")
+	if err != nil {
+		return
+	}
+	switch msg.Type {
+	case "request":
+		if m.initiates(p) {
+			select {
+			case p.kick <- struct{}{}:
+			default:
+			}
+		}
+	case "hello":
+		if m.initiates(p) {
+			w.send(message{Type: "error", Err: "the lower address initiates"})
+			return
+		}
+		if err := m.respond(p, w, c.ConnectionState(), msg); err != nil {
+			m.o.Log.Warn("ipsec: keying as responder failed", "peer", p.Name, "err", err)
+		}
+	}
+}
+
+// PeerStatus is one peer's line in status.
+type PeerStatus struct {
+	Name       string `json:"name"`
+	Address    string `json:"address"`
+	State      string `json:"state"`
+	Generation uint64 `json:"generation"`
+	SAAge      string `json:"sa_age"`
+	Rekeys     int    `json:"rekeys"`
+	BytesOut   uint64 `json:"bytes_out"`
+	PacketsOut uint64 `json:"packets_out"`
+	BytesIn    uint64 `json:"bytes_in"`
+	PacketsIn  uint64 `json:"packets_in"`
+	LastError  string `json:"last_error,omitempty"`
+}
+
+// Status reports every peer.
+func (m *Manager) Status() []PeerStatus {
+	var out []PeerStatus
+	for _, p := range m.peers {
+		p.mu.Lock()
+		s := PeerStatus{Name: p.Name, Address: p.Addr.String(), State: p.state, Rekeys: p.rekeys, LastError: p.lastErr}
+		if g := p.cur; g != nil {
+			s.Generation = g.gen
+			s.SAAge = time.Since(g.installed).Round(time.Second).String()
+			s.BytesOut, s.PacketsOut, _ = stateStats(m.o.Self, p.Addr, g.outSPI)
+			s.BytesIn, s.PacketsIn, _ = stateStats(p.Addr, m.o.Self, g.inSPI)
+		}
+		p.mu.Unlock()
+		out = append(out, s)
+	}
+	return out
+}
+
+// Summary is a line per peer for the readiness report.
+func (m *Manager) Summary() []string {
+	var out []string
+	for _, s := range m.Status() {
+		out = append(out, fmt.Sprintf("%s %s: %s", s.Name, s.Address, s.State))
+	}
+	return out
+}

@@ -1,0 +1,179 @@
+package qemutests
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/bulwarkvm/bulwark/internal/pki"
+	"github.com/bulwarkvm/bulwark/qemu-tests/harness"
+)
+
+// ipsecNode is one node's config for the IPsec test.
+func ipsecNode(t *testing.T, ca *pki.CA, name, addr string, peers [][2]string, workload []string) []byte {
+	t.Helper()
+	node, err := ca.IssueNode(pki.NodeRequest{Name: name, IPs: []net.IP{net.ParseIP(addr)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ps []map[string]string
+	for _, p := range peers {
+		ps = append(ps, map[string]string{"name": p[0], "address": p[1]})
+	}
+	doc := map[string]any{
+		"version":  1,
+		"hostname": name,
+		"network":  map[string]any{"interfaces": []map[string]any{{"name": "eth0", "addresses": []string{addr + "/24"}}}},
+		"firewall": map[string]any{"client_ports": []int{5432}, "peer_ports": []int{5433}, "management_sources": []string{"10.99.0.5"}},
+		"tls":      map[string]string{"ca": string(ca.PEM), "certificate": string(node.CertPEM), "key": string(node.KeyPEM)},
+		"ipsec":    map[string]any{"address": addr, "peers": ps, "grace_seconds": 2},
+		"workload": map[string]any{"command": append([]string{testBin + "/netprobe"}, workload...), "uid": 999, "gid": 999},
+	}
+	b, _ := json.Marshal(doc)
+	return b
+}
+
+// Three nodes of a service and a fourth with another CA's certificate:
+// traffic between the nodes is ESP only and carries no plaintext, the
+// stranger never gets SAs and cannot reach the internal port, spoofed
+// plaintext is dropped, a stream survives 20 forced rekeys, and a peer
+// that reboots is keyed again.
+func TestIPsec(t *testing.T) {
+	img := testImage(t)
+	ctlBin := buildCtl(t)
+	dir := t.TempDir()
+	ca, err := pki.Init(filepath.Join(dir, "ca"), "acme", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, _ := pki.Init(filepath.Join(dir, "other"), "evil", "")
+	robot, _ := ca.IssueClient("robot", pki.RoleControlPlane, "", 0)
+	os.WriteFile(filepath.Join(dir, "robot.pem"), robot.CertPEM, 0o644)
+	os.WriteFile(filepath.Join(dir, "robot.key"), robot.KeyPEM, 0o600)
+	m := make([]byte, 12)
+	rand.Read(m)
+	marker := "BULWARK-IPSEC-MARKER-" + hex.EncodeToString(m) + "-"
+
+	peersOf := func(self string) [][2]string {
+		var out [][2]string
+		for _, p := range [][2]string{{"db-1", "10.99.0.10"}, {"db-2", "10.99.0.11"}, {"db-3", "10.99.0.12"}} {
+			if p[0] != self {
+				out = append(out, p)
+			}
+		}
+		return out
+	}
+	n := harness.NewNet(t)
+	ops := n.AddClient("10.99.0.5/24")
+	cfg1 := ipsecNode(t, ca, "db-1", "10.99.0.10", peersOf("db-1"),
+		[]string{"-sink", ":5433", "-stream", "10.99.0.11:5433", "-marker", marker, "-seconds", "90"})
+	cfg2 := ipsecNode(t, ca, "db-2", "10.99.0.11", peersOf("db-2"), []string{"-sink", ":5433"})
+	// The stranger claims to be db-3, with a certificate of another CA.
+	cfg3 := ipsecNode(t, other, "db-3", "10.99.0.12", peersOf("db-3"), []string{"-connect", "10.99.0.10:5433,10.99.0.11:5433"})
+
+	vm1 := harness.Start(t, harness.Options{Name: "db-1", Image: img, Config: cfg1, Net: n, MAC: "52:54:00:00:00:10"})
+	stopCapture := vm1.Capture(filepath.Join(dir, "db-1.pcap"))
+	vm2 := harness.Start(t, harness.Options{Name: "db-2", Image: img, Config: cfg2, Net: n, MAC: "52:54:00:00:00:11"})
+	vm3 := harness.Start(t, harness.Options{Name: "db-3", Image: img, Config: cfg3, Net: n, MAC: "52:54:00:00:00:12"})
+	for _, vm := range []*harness.VM{vm1, vm2, vm3} {
+		vm.MustWaitFor(`^bulwark: ready$`, 3*time.Minute)
+	}
+	t0 := time.Now()
+	vm1.MustWaitFor(`^bulwark: ipsec: SAs installed peer=db-2 gen=1 `, 2*time.Minute)
+	vm2.MustWaitFor(`^bulwark: ipsec: SAs installed peer=db-1 gen=1 `, time.Minute)
+	t.Logf("db-1/db-2 SAs installed %s after both were ready", time.Since(t0).Round(100*time.Millisecond))
+	vm1.MustWaitFor(`^bulwark: workload: netprobe: stream to 10\.99\.0\.11:5433: connected$`, time.Minute)
+
+	// The stranger: refused at the keying handshake, and its plaintext
+	// connections to the internal port go nowhere.
+	vm1.MustWaitFor(`^bulwark: WARN: ipsec: keying (handshake refused|failed) .*peer=db-3`, time.Minute)
+	vm3.MustWaitFor(`^bulwark: workload: netprobe: outbound 10\.99\.0\.10:5433: (timed out|refused|.*)$`, time.Minute)
+	for _, l := range vm3.Lines() {
+		if strings.Contains(l.Text, "netprobe: outbound") && strings.HasSuffix(l.Text, ": connected") {
+			t.Errorf("the stranger connected: %s", l.Text)
+		}
+		if strings.Contains(l.Text, "ipsec: SAs installed") {
+			t.Errorf("the stranger got SAs: %s", l.Text)
+		}
+	}
+
+	// 20 forced rekeys while the stream runs.
+	ctl := func(args ...string) (string, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		full := append(args, "--node", "10.99.0.10:9443", "--ca", filepath.Join(dir, "ca", "ca.pem"),
+			"--cert", filepath.Join(dir, "robot.pem"), "--key", filepath.Join(dir, "robot.key"))
+		out, err := ops.Command(ctx, ctlBin, full...).CombinedOutput()
+		return string(out), err
+	}
+	for i := 2; i <= 21; i++ {
+		if out, err := ctl("ipsec", "rekey"); err != nil {
+			t.Fatalf("rekey %d: %v\n%s", i, err, out)
+		}
+		vm1.MustWaitFor(fmt.Sprintf(`^bulwark: ipsec: SAs installed peer=db-2 gen=%d `, i), time.Minute)
+	}
+	out, _ := ctl("status")
+	t.Logf("status after the rekeys:\n%s", out)
+	if !regexp.MustCompile(`ipsec peer db-2 10\.99\.0\.11: up, generation 21`).MatchString(out) {
+		t.Errorf("status does not show generation 21 for db-2:\n%s", out)
+	}
+	vm1.MustWaitFor(`^bulwark: workload: netprobe: stream to 10\.99\.0\.11:5433: done, \d+ bytes sent, no errors$`, 3*time.Minute)
+	vm2.MustWaitFor(`^bulwark: workload: netprobe: sink received \d+ bytes from 10\.99\.0\.10:\d+ \(<nil>\)$`, time.Minute)
+	stopCapture()
+
+	// The capture: ESP between the nodes, no other packet except the
+	// keying connection, and no marker anywhere.
+	pcap := filepath.Join(dir, "db-1.pcap")
+	count := func(filter string) int {
+		out, err := exec.Command("tcpdump", "-n", "-r", pcap, filter).Output()
+		if err != nil {
+			t.Fatalf("tcpdump -r: %v", err)
+		}
+		return bytes.Count(out, []byte("\n"))
+	}
+	esp := count("host 10.99.0.10 and host 10.99.0.11 and esp")
+	plain := count("host 10.99.0.10 and host 10.99.0.11 and not esp and not tcp port 7443")
+	t.Logf("capture: %d ESP packets between db-1 and db-2, %d others (keying excluded)", esp, plain)
+	if esp < 100 || plain != 0 {
+		t.Errorf("want ESP only between the nodes: %d ESP, %d other packets", esp, plain)
+	}
+	raw, _ := os.ReadFile(pcap)
+	if bytes.Contains(raw, []byte(marker)) {
+		t.Error("the marker is in the capture in plaintext")
+	}
+
+	// Spoofed plaintext from a test client using db-2's address is dropped.
+	spoofer := n.AddClient("10.99.0.11/32")
+	err = spoofer.Do(func() error {
+		c, err := net.DialTimeout("tcp", "10.99.0.10:5433", 3*time.Second)
+		if err == nil {
+			c.Close()
+			return fmt.Errorf("the spoofed connection was answered")
+		}
+		return nil
+	})
+	if err != nil {
+		t.Error(err)
+	}
+
+	// db-2 reboots: db-1 keys it again and drops the old SAs at once.
+	if err := vm2.PowerOff(2 * time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	vm2 = harness.Start(t, harness.Options{Name: "db-2-again", Image: img, Config: cfg2, Net: n, MAC: "52:54:00:00:00:11"})
+	vm2.MustWaitFor(`^bulwark: ready$`, 3*time.Minute)
+	t0 = time.Now()
+	vm1.MustWaitFor(`^bulwark: ipsec: SAs installed peer=db-2 gen=\d+ .*peer_rebooted=true$`, 2*time.Minute)
+	t.Logf("db-2 keyed again %s after its reboot", time.Since(t0).Round(100*time.Millisecond))
+}
