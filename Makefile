@@ -15,7 +15,7 @@ DEBS := linux-image-amd64 systemd-boot-efi ovmf qemu-system-x86 qemu-utils \
 
 export CGO_ENABLED := 0
 
-.PHONY: all deps image demo test check unit fuzz qemutest bench-boot bench-volumes bench-firewall bench-frontdoor clean
+.PHONY: all deps image demo test check unit fuzz qemutest bench-boot bench-volumes bench-firewall bench-frontdoor bench-ipsec clean
 
 all: image
 
@@ -76,6 +76,11 @@ bench-firewall: deps
 bench-frontdoor:
 	$(GO) test -run '^$$' -bench Handshakes -benchtime 1000x ./internal/frontdoor/
 	$(GO) test -run '^$$' -bench Throughput -benchtime 10x ./internal/frontdoor/
+
+# IPsec: time to SAs, key generation, ESP throughput between two nodes
+# against plaintext between two test clients (docs/performance.md).
+bench-ipsec: image
+	$(GO) test -run '^$$' -bench IPsec -benchtime 1x -timeout 30m ./qemu-tests/
 
 clean:
 	rm -rf $(OUT)

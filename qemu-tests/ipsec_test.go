@@ -21,7 +21,7 @@ import (
 )
 
 // ipsecNode is one node's config for the IPsec test.
-func ipsecNode(t *testing.T, ca *pki.CA, name, addr string, peers [][2]string, workload []string) []byte {
+func ipsecNode(t testing.TB, ca *pki.CA, name, addr string, peers [][2]string, workload []string) []byte {
 	t.Helper()
 	node, err := ca.IssueNode(pki.NodeRequest{Name: name, IPs: []net.IP{net.ParseIP(addr)}})
 	if err != nil {
@@ -128,7 +128,7 @@ func TestIPsec(t *testing.T) {
 	if !regexp.MustCompile(`ipsec peer db-2 10\.99\.0\.11: up, generation 21`).MatchString(out) {
 		t.Errorf("status does not show generation 21 for db-2:\n%s", out)
 	}
-	vm1.MustWaitFor(`^bulwark: workload: netprobe: stream to 10\.99\.0\.11:5433: done, \d+ bytes sent, no errors$`, 3*time.Minute)
+	vm1.MustWaitFor(`^bulwark: workload: netprobe: stream to 10\.99\.0\.11:5433: done, \d+ bytes sent, no errors, [0-9.]+ MiB/s$`, 3*time.Minute)
 	vm2.MustWaitFor(`^bulwark: workload: netprobe: sink received \d+ bytes from 10\.99\.0\.10:\d+ \(<nil>\)$`, time.Minute)
 	stopCapture()
 

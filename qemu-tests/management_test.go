@@ -22,7 +22,7 @@ import (
 )
 
 // buildCtl builds bulwarkctl for the host.
-func buildCtl(t *testing.T) string {
+func buildCtl(t testing.TB) string {
 	t.Helper()
 	bin := filepath.Join(t.TempDir(), "bulwarkctl")
 	cmd := exec.Command("go", "build", "-o", bin, "./cmd/bulwarkctl")

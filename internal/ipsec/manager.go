@@ -286,6 +286,7 @@ func (m *Manager) request(p *peerState) error {
 
 // initiate runs one generation as the initiator.
 func (m *Manager) initiate(p *peerState) error {
+	start := time.Now()
 	c, err := m.dial(p)
 	if err != nil {
 		return err
@@ -310,11 +311,12 @@ func (m *Manager) initiate(p *peerState) error {
 	if err != nil {
 		return err
 	}
-	return m.install(p, w, c.ConnectionState(), m.o.Self, p.Addr, inSPI, hello.SPI, gen, hello.Boot, true)
+	return m.install(p, w, c.ConnectionState(), m.o.Self, p.Addr, inSPI, hello.SPI, gen, hello.Boot, true, start)
 }
 
 // respond runs one generation as the responder.
 func (m *Manager) respond(p *peerState, w *wire, cs tls.ConnectionState, hello message) error {
+	start := time.Now()
 	inSPI, err := allocSPI(p.Addr, m.o.Self, p.reqid)
 	if err != nil {
 		w.send(message{Type: "error", Err: err.Error()})
@@ -323,14 +325,14 @@ func (m *Manager) respond(p *peerState, w *wire, cs tls.ConnectionState, hello m
 	if err := w.send(message{Type: "hello", Boot: m.boot, Gen: hello.Gen, SPI: inSPI}); err != nil {
 		return err
 	}
-	return m.install(p, w, cs, p.Addr, m.o.Self, hello.SPI, inSPI, hello.Gen, hello.Boot, false)
+	return m.install(p, w, cs, p.Addr, m.o.Self, hello.SPI, inSPI, hello.Gen, hello.Boot, false, start)
 }
 
 // install derives the keys and installs the generation: inbound SA first,
 // then (once the peer has its inbound SA) the outbound SA and the switch of
 // the outbound policy to it. The older generation stays for the grace
 // period, so packets in flight under it are still accepted.
-func (m *Manager) install(p *peerState, w *wire, cs tls.ConnectionState, initiator, responder netip.Addr, spiI, spiR uint32, gen uint64, peerBoot string, isInitiator bool) error {
+func (m *Manager) install(p *peerState, w *wire, cs tls.ConnectionState, initiator, responder netip.Addr, spiI, spiR uint32, gen uint64, peerBoot string, isInitiator bool, start time.Time) error {
 	kIR, kRI, err := keys(cs, initiator, responder, spiI, spiR, gen)
 	if err != nil {
 		return err
@@ -380,7 +382,8 @@ func (m *Manager) install(p *peerState, w *wire, cs tls.ConnectionState, initiat
 	p.state, p.lastErr = "up", ""
 	p.rekeys++
 	p.mu.Unlock()
-	m.o.Log.Info("ipsec: SAs installed", "peer", p.Name, "gen", gen, "in_spi", fmt.Sprintf("%#x", inSPI), "out_spi", fmt.Sprintf("%#x", outSPI), "peer_rebooted", rebooted)
+	m.o.Log.Info("ipsec: SAs installed", "peer", p.Name, "gen", gen, "in_spi", fmt.Sprintf("%#x", inSPI), "out_spi", fmt.Sprintf("%#x", outSPI),
+		"took", time.Since(start).Round(time.Millisecond), "peer_rebooted", rebooted)
 	m.retire(p)
 	return nil
 }

@@ -23,6 +23,10 @@ type Module struct {
 	// aesni_intel needs the AES instructions); failing to load one is a
 	// warning, not a fatal error.
 	Optional bool
+	// Late modules are loaded after all the others: their init tests
+	// algorithms that other modules provide (drbg's self-test needs
+	// hmac(sha512)), and the others load in parallel.
+	Late bool
 	// Why says what needs it.
 	Why string
 }
@@ -64,7 +68,8 @@ var Modules = []Module{
 	{Name: "ghash_clmulni_intel", Optional: true, Why: "faster GHASH"},
 	{Name: "gcm", Why: "AES-GCM for ESP"},
 	{Name: "seqiv", Why: "ESP IV generation"},
-	{Name: "drbg", Why: "ESP IV generation (seqiv seeds its salt from stdrng)"},
+	{Name: "sha512_generic", Why: "drbg's HMAC-SHA512 generator"},
+	{Name: "drbg", Late: true, Why: "ESP IV generation (seqiv seeds its salt from stdrng)"},
 	{Name: "echainiv", Why: "ESP IV generation"},
 	{Name: "authenc", Why: "ESP"},
 	{Name: "tpm_crb", Why: "TPM 2.0 (CRB interface)"},
@@ -215,11 +220,15 @@ func ParseList(b []byte) ([]Module, error) {
 		}
 		f := strings.Fields(line)
 		m := Module{Name: f[0]}
-		switch {
-		case len(f) == 2 && f[1] == "optional":
-			m.Optional = true
-		case len(f) != 1:
-			return nil, fmt.Errorf("kmod: module list line %d: %q is not \"name\" or \"name optional\"", i+1, line)
+		for _, flag := range f[1:] {
+			switch flag {
+			case "optional":
+				m.Optional = true
+			case "late":
+				m.Late = true
+			default:
+				return nil, fmt.Errorf("kmod: module list line %d: %q is not \"name [optional] [late]\"", i+1, line)
+			}
 		}
 		mods = append(mods, m)
 	}
@@ -233,6 +242,9 @@ func FormatList(mods []Module) []byte {
 		b.WriteString(m.Name)
 		if m.Optional {
 			b.WriteString(" optional")
+		}
+		if m.Late {
+			b.WriteString(" late")
 		}
 		b.WriteByte('\n')
 	}

@@ -80,6 +80,13 @@ func TestListRoundTrip(t *testing.T) {
 	if _, err := ParseList([]byte("ext4 maybe\n")); err == nil {
 		t.Fatal("accepted a bad list line")
 	}
+	if !slices.ContainsFunc(got, func(m Module) bool { return m.Late }) {
+		t.Fatal("no late module survived the round trip")
+	}
+	m, err := ParseList([]byte("a optional late\nb late\nc\n"))
+	if err != nil || !m[0].Optional || !m[0].Late || !m[1].Late || m[1].Optional || m[2].Late {
+		t.Fatalf("flags: %+v %v", m, err)
+	}
 }
 
 func stripWhy(m []Module) []Module {

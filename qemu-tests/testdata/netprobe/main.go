@@ -26,6 +26,7 @@ func main() {
 	stream := flag.String("stream", "", "host:port to stream the marker to")
 	marker := flag.String("marker", "MARKER", "what the stream repeats")
 	seconds := flag.Int("seconds", 30, "how long the stream runs")
+	pause := flag.Duration("pause", 2*time.Millisecond, "pause between 4 KiB writes of the stream (0: as fast as possible)")
 	flag.Parse()
 	if *sink != "" {
 		ln, err := net.Listen("tcp", *sink)
@@ -49,7 +50,7 @@ func main() {
 		fmt.Printf("netprobe: sink on %s\n", *sink)
 	}
 	if *stream != "" {
-		go runStream(*stream, *marker, time.Duration(*seconds)*time.Second)
+		go runStream(*stream, *marker, time.Duration(*seconds)*time.Second, *pause)
 	}
 	if *echo != "" {
 		ln, err := net.Listen("tcp", *echo)
@@ -105,7 +106,7 @@ func main() {
 
 // runStream connects (retrying until the peer's SAs are up) and writes the
 // marker for the given time, then reports what it sent and every error.
-func runStream(addr, marker string, d time.Duration) {
+func runStream(addr, marker string, d, pause time.Duration) {
 	var c net.Conn
 	var err error
 	for i := 0; i < 120; i++ {
@@ -130,10 +131,12 @@ func runStream(addr, marker string, d time.Duration) {
 			fmt.Printf("netprobe: stream to %s: error after %d bytes: %v\n", addr, sent, err)
 			return
 		}
-		time.Sleep(2 * time.Millisecond)
+		if pause > 0 {
+			time.Sleep(pause)
+		}
 	}
 	c.Close()
-	fmt.Printf("netprobe: stream to %s: done, %d bytes sent, no errors\n", addr, sent)
+	fmt.Printf("netprobe: stream to %s: done, %d bytes sent, no errors, %.1f MiB/s\n", addr, sent, float64(sent)/(1<<20)/d.Seconds())
 }
 
 func split(s string) []string {
