@@ -181,4 +181,25 @@ func TestIPsec(t *testing.T) {
 	t0 = time.Now()
 	vm1.MustWaitFor(`^bulwark: ipsec: SAs installed peer=db-2 gen=\d+ .*peer_rebooted=true$`, 2*time.Minute)
 	t.Logf("db-2 keyed again %s after its reboot", time.Since(t0).Round(100*time.Millisecond))
+	// The SAs of db-2's previous boot are gone at once: one generation
+	// left, though the grace period has not passed.
+	out, err = ctl("status", "--json")
+	if err != nil {
+		t.Fatalf("status: %v\n%s", err, out)
+	}
+	var st struct {
+		IPsec []struct {
+			Name        string `json:"name"`
+			State       string `json:"state"`
+			Generations int    `json:"generations_installed"`
+		} `json:"ipsec"`
+	}
+	if err := json.Unmarshal([]byte(out), &st); err != nil {
+		t.Fatalf("status: %v\n%s", err, out)
+	}
+	for _, p := range st.IPsec {
+		if p.Name == "db-2" && (p.State != "up" || p.Generations != 1) {
+			t.Errorf("db-2 after its reboot: state %q, %d generations installed; want up and 1", p.State, p.Generations)
+		}
+	}
 }

@@ -455,11 +455,14 @@ type PeerStatus struct {
 	Generation uint64 `json:"generation"`
 	SAAge      string `json:"sa_age"`
 	Rekeys     int    `json:"rekeys"`
-	BytesOut   uint64 `json:"bytes_out"`
-	PacketsOut uint64 `json:"packets_out"`
-	BytesIn    uint64 `json:"bytes_in"`
-	PacketsIn  uint64 `json:"packets_in"`
-	LastError  string `json:"last_error,omitempty"`
+	// Generations is how many key generations have SAs in the kernel:
+	// the current one, plus older ones during their grace period.
+	Generations int    `json:"generations_installed"`
+	BytesOut    uint64 `json:"bytes_out"`
+	PacketsOut  uint64 `json:"packets_out"`
+	BytesIn     uint64 `json:"bytes_in"`
+	PacketsIn   uint64 `json:"packets_in"`
+	LastError   string `json:"last_error,omitempty"`
 }
 
 // Status reports every peer.
@@ -467,7 +470,10 @@ func (m *Manager) Status() []PeerStatus {
 	var out []PeerStatus
 	for _, p := range m.peers {
 		p.mu.Lock()
-		s := PeerStatus{Name: p.Name, Address: p.Addr.String(), State: p.state, Rekeys: p.rekeys, LastError: p.lastErr}
+		s := PeerStatus{Name: p.Name, Address: p.Addr.String(), State: p.state, Rekeys: p.rekeys, LastError: p.lastErr, Generations: len(p.old)}
+		if p.cur != nil {
+			s.Generations++
+		}
 		if g := p.cur; g != nil {
 			s.Generation = g.gen
 			s.SAAge = time.Since(g.installed).Round(time.Second).String()
