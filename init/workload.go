@@ -30,6 +30,12 @@ func startWorkload(b *boot) (string, error) {
 			return "", fmt.Errorf("workload: giving %s to uid %d: %w", v.Mount, w.UID, err)
 		}
 	}
+	// The workload's group may open unprivileged ICMP echo sockets
+	// ("ping" without raw sockets or capabilities), for health checks of
+	// its peers.
+	if err := os.WriteFile("/proc/sys/net/ipv4/ping_group_range", []byte(fmt.Sprintf("%d %d\n", w.GID, w.GID)), 0); err != nil {
+		return "", fmt.Errorf("workload: ping_group_range: %w", err)
+	}
 	pr, pw, err := os.Pipe()
 	if err != nil {
 		return "", fmt.Errorf("workload: %w", err)

@@ -44,11 +44,12 @@ func ipsecNode(t testing.TB, ca *pki.CA, name, addr string, peers [][2]string, w
 	return b
 }
 
-// Three nodes of a service and a fourth with another CA's certificate:
-// traffic between the nodes is ESP only and carries no plaintext, the
-// stranger never gets SAs and cannot reach the internal port, spoofed
-// plaintext is dropped, a stream survives 20 forced rekeys, and a peer
-// that reboots is keyed again.
+// Three nodes of a service and a fourth with another CA's certificate,
+// every node's NIC captured: traffic between any two nodes is ESP only and
+// carries no plaintext, the stranger never gets SAs and cannot reach the
+// internal port, spoofed plaintext is dropped, a stream and a ping between
+// two nodes survive 20 forced rekeys without loss or reset, and a peer
+// that reboots is keyed again with its old SAs gone at once.
 func TestIPsec(t *testing.T) {
 	img := testImage(t)
 	ctlBin := buildCtl(t)
@@ -65,41 +66,51 @@ func TestIPsec(t *testing.T) {
 	rand.Read(m)
 	marker := "BULWARK-IPSEC-MARKER-" + hex.EncodeToString(m) + "-"
 
+	all := [][2]string{{"db-1", "10.99.0.10"}, {"db-2", "10.99.0.11"}, {"db-3", "10.99.0.12"}, {"db-4", "10.99.0.13"}}
 	peersOf := func(self string) [][2]string {
 		var out [][2]string
-		for _, p := range [][2]string{{"db-1", "10.99.0.10"}, {"db-2", "10.99.0.11"}, {"db-3", "10.99.0.12"}} {
+		for _, p := range all {
 			if p[0] != self {
 				out = append(out, p)
 			}
 		}
 		return out
 	}
+	stream := func(to string) []string {
+		return []string{"-sink", ":5433", "-stream", to + ":5433", "-marker", marker, "-seconds", "90"}
+	}
 	n := harness.NewNet(t)
 	ops := n.AddClient("10.99.0.5/24")
-	cfg1 := ipsecNode(t, ca, "db-1", "10.99.0.10", peersOf("db-1"),
-		[]string{"-sink", ":5433", "-stream", "10.99.0.11:5433", "-marker", marker, "-seconds", "90"})
-	cfg2 := ipsecNode(t, ca, "db-2", "10.99.0.11", peersOf("db-2"), []string{"-sink", ":5433"})
-	// The stranger claims to be db-3, with a certificate of another CA.
-	cfg3 := ipsecNode(t, other, "db-3", "10.99.0.12", peersOf("db-3"), []string{"-connect", "10.99.0.10:5433,10.99.0.11:5433"})
+	cfg1 := ipsecNode(t, ca, "db-1", "10.99.0.10", peersOf("db-1"), append(stream("10.99.0.11"), "-ping", "10.99.0.11"))
+	cfg2 := ipsecNode(t, ca, "db-2", "10.99.0.11", peersOf("db-2"), stream("10.99.0.12"))
+	cfg3 := ipsecNode(t, ca, "db-3", "10.99.0.12", peersOf("db-3"), stream("10.99.0.10"))
+	// The stranger claims to be db-4, with a certificate of another CA.
+	cfg4 := ipsecNode(t, other, "db-4", "10.99.0.13", peersOf("db-4"), []string{"-connect", "10.99.0.10:5433,10.99.0.11:5433,10.99.0.12:5433"})
 
 	vm1 := harness.Start(t, harness.Options{Name: "db-1", Image: img, Config: cfg1, Net: n, MAC: "52:54:00:00:00:10"})
-	stopCapture := vm1.Capture(filepath.Join(dir, "db-1.pcap"))
 	vm2 := harness.Start(t, harness.Options{Name: "db-2", Image: img, Config: cfg2, Net: n, MAC: "52:54:00:00:00:11"})
 	vm3 := harness.Start(t, harness.Options{Name: "db-3", Image: img, Config: cfg3, Net: n, MAC: "52:54:00:00:00:12"})
-	for _, vm := range []*harness.VM{vm1, vm2, vm3} {
+	vm4 := harness.Start(t, harness.Options{Name: "db-4", Image: img, Config: cfg4, Net: n, MAC: "52:54:00:00:00:13"})
+	var stops []func()
+	for i, vm := range []*harness.VM{vm1, vm2, vm3} {
+		stops = append(stops, vm.Capture(filepath.Join(dir, fmt.Sprintf("db-%d.pcap", i+1))))
+	}
+	for _, vm := range []*harness.VM{vm1, vm2, vm3, vm4} {
 		vm.MustWaitFor(`^bulwark: ready$`, 3*time.Minute)
 	}
 	t0 := time.Now()
 	vm1.MustWaitFor(`^bulwark: ipsec: SAs installed peer=db-2 gen=1 `, 2*time.Minute)
-	vm2.MustWaitFor(`^bulwark: ipsec: SAs installed peer=db-1 gen=1 `, time.Minute)
-	t.Logf("db-1/db-2 SAs installed %s after both were ready", time.Since(t0).Round(100*time.Millisecond))
+	vm1.MustWaitFor(`^bulwark: ipsec: SAs installed peer=db-3 gen=1 `, 2*time.Minute)
+	vm2.MustWaitFor(`^bulwark: ipsec: SAs installed peer=db-3 gen=1 `, 2*time.Minute)
+	t.Logf("SAs between the three nodes installed %s after all were ready", time.Since(t0).Round(100*time.Millisecond))
 	vm1.MustWaitFor(`^bulwark: workload: netprobe: stream to 10\.99\.0\.11:5433: connected$`, time.Minute)
+	vm1.MustWaitFor(`^bulwark: workload: netprobe: ping 10\.99\.0\.11: answered, counting$`, time.Minute)
 
 	// The stranger: refused at the keying handshake, and its plaintext
 	// connections to the internal port go nowhere.
-	vm1.MustWaitFor(`^bulwark: WARN: ipsec: keying (handshake refused|failed) .*peer=db-3`, time.Minute)
-	vm3.MustWaitFor(`^bulwark: workload: netprobe: outbound 10\.99\.0\.10:5433: (timed out|refused|.*)$`, time.Minute)
-	for _, l := range vm3.Lines() {
+	vm1.MustWaitFor(`^bulwark: WARN: ipsec: keying (handshake refused|failed) .*peer=db-4`, time.Minute)
+	vm4.MustWaitFor(`^bulwark: workload: netprobe: outbound 10\.99\.0\.12:5433: `, 2*time.Minute)
+	for _, l := range vm4.Lines() {
 		if strings.Contains(l.Text, "netprobe: outbound") && strings.HasSuffix(l.Text, ": connected") {
 			t.Errorf("the stranger connected: %s", l.Text)
 		}
@@ -128,34 +139,50 @@ func TestIPsec(t *testing.T) {
 	if !regexp.MustCompile(`ipsec peer db-2 10\.99\.0\.11: up, generation 21`).MatchString(out) {
 		t.Errorf("status does not show generation 21 for db-2:\n%s", out)
 	}
-	vm1.MustWaitFor(`^bulwark: workload: netprobe: stream to 10\.99\.0\.11:5433: done, \d+ bytes sent, no errors, [0-9.]+ MiB/s$`, 3*time.Minute)
-	vm2.MustWaitFor(`^bulwark: workload: netprobe: sink received \d+ bytes from 10\.99\.0\.10:\d+ \(<nil>\)$`, time.Minute)
-	stopCapture()
+	for _, c := range []struct {
+		vm       *harness.VM
+		to, sink string
+		sinkVM   *harness.VM
+	}{{vm1, "11", "10", vm2}, {vm2, "12", "11", vm3}, {vm3, "10", "12", vm1}} {
+		c.vm.MustWaitFor(`^bulwark: workload: netprobe: stream to 10\.99\.0\.`+c.to+`:5433: done, \d+ bytes sent, no errors, [0-9.]+ MiB/s$`, 3*time.Minute)
+		c.sinkVM.MustWaitFor(`^bulwark: workload: netprobe: sink received \d+ bytes from 10\.99\.0\.`+c.sink+`:\d+ \(<nil>\)$`, time.Minute)
+	}
+	l := vm1.MustWaitFor(`^bulwark: workload: netprobe: ping 10\.99\.0\.11: \d+ sent, \d+ answered, \d+ lost$`, 3*time.Minute)
+	t.Log(l.Text)
+	if !strings.HasSuffix(l.Text, " 0 lost") {
+		t.Errorf("pings were lost across the rekeys: %s", l.Text)
+	}
+	for _, stop := range stops {
+		stop()
+	}
 
-	// The capture: between the nodes' addresses, ESP and nothing else but
-	// the keying connection (ARP is not IP and carries no data), and no
+	// The captures: between any two nodes' addresses, ESP and nothing else
+	// but the keying connection (ARP is not IP and carries no data), and no
 	// marker anywhere.
-	pcap := filepath.Join(dir, "db-1.pcap")
-	count := func(filter string) int {
-		out, err := exec.Command("tcpdump", "-n", "-r", pcap, filter).Output()
-		if err != nil {
-			t.Fatalf("tcpdump -r: %v", err)
+	for _, c := range []struct{ pcap, a, b string }{
+		{"db-1.pcap", "10.99.0.10", "10.99.0.11"}, {"db-1.pcap", "10.99.0.10", "10.99.0.12"}, {"db-2.pcap", "10.99.0.11", "10.99.0.12"},
+	} {
+		pcap := filepath.Join(dir, c.pcap)
+		count := func(filter string) (int, string) {
+			out, err := exec.Command("tcpdump", "-n", "-r", pcap, filter).Output()
+			if err != nil {
+				t.Fatalf("tcpdump -r %s: %v", pcap, err)
+			}
+			return bytes.Count(out, []byte("\n")), string(out)
 		}
-		return bytes.Count(out, []byte("\n"))
+		pair := "ip and host " + c.a + " and host " + c.b
+		esp, _ := count(pair + " and esp")
+		plain, text := count(pair + " and not esp and not tcp port 7443")
+		t.Logf("%s: %d ESP packets between %s and %s, %d others (keying excluded)", c.pcap, esp, c.a, c.b, plain)
+		if esp < 100 || plain != 0 {
+			t.Errorf("%s: want ESP only between %s and %s: %d ESP, %d others:\n%s", c.pcap, c.a, c.b, esp, plain, text)
+		}
 	}
-	esp := count("ip and host 10.99.0.10 and host 10.99.0.11 and esp")
-	plain := count("ip and host 10.99.0.10 and host 10.99.0.11 and not esp and not tcp port 7443")
-	if plain != 0 {
-		out, _ := exec.Command("tcpdump", "-n", "-r", pcap, "ip and host 10.99.0.10 and host 10.99.0.11 and not esp and not tcp port 7443").Output()
-		t.Logf("non-ESP packets:\n%s", out)
-	}
-	t.Logf("capture: %d ESP packets between db-1 and db-2, %d others (keying excluded)", esp, plain)
-	if esp < 100 || plain != 0 {
-		t.Errorf("want ESP only between the nodes: %d ESP, %d other packets", esp, plain)
-	}
-	raw, _ := os.ReadFile(pcap)
-	if bytes.Contains(raw, []byte(marker)) {
-		t.Error("the marker is in the capture in plaintext")
+	for i := 1; i <= 3; i++ {
+		raw, _ := os.ReadFile(filepath.Join(dir, fmt.Sprintf("db-%d.pcap", i)))
+		if bytes.Contains(raw, []byte(marker)) {
+			t.Errorf("the marker is in db-%d's capture in plaintext", i)
+		}
 	}
 
 	// Spoofed plaintext from a test client using db-2's address is dropped.

@@ -14,8 +14,11 @@ import (
 	"net"
 	"os"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 func main() {
@@ -27,6 +30,7 @@ func main() {
 	marker := flag.String("marker", "MARKER", "what the stream repeats")
 	seconds := flag.Int("seconds", 30, "how long the stream runs")
 	pause := flag.Duration("pause", 2*time.Millisecond, "pause between 4 KiB writes of the stream (0: as fast as possible)")
+	ping := flag.String("ping", "", "IPv4 address to send an ICMP echo request to every 100 ms while the stream runs")
 	flag.Parse()
 	if *sink != "" {
 		ln, err := net.Listen("tcp", *sink)
@@ -51,6 +55,9 @@ func main() {
 	}
 	if *stream != "" {
 		go runStream(*stream, *marker, time.Duration(*seconds)*time.Second, *pause)
+	}
+	if *ping != "" {
+		go runPing(*ping, time.Duration(*seconds)*time.Second)
 	}
 	if *echo != "" {
 		ln, err := net.Listen("tcp", *echo)
@@ -144,4 +151,73 @@ func split(s string) []string {
 		return nil
 	}
 	return strings.Split(s, ",")
+}
+
+// runPing sends an ICMP echo request every 200 ms through an unprivileged
+// ping socket (the init lets the workload's group open one), from the
+// first answered request on for the given time, and reports how many of
+// those were answered (late answers count; a final two seconds are waited
+// for).
+func runPing(addr string, d time.Duration) {
+	ip := net.ParseIP(addr).To4()
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, unix.IPPROTO_ICMP)
+	if err != nil {
+		fmt.Printf("netprobe: ping %s: %v\n", addr, err)
+		return
+	}
+	defer unix.Close(fd)
+	unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &unix.Timeval{Usec: 100000})
+	to := &unix.SockaddrInet4{}
+	copy(to.Addr[:], ip)
+	var mu sync.Mutex
+	answered := map[int]bool{}
+	done := make(chan struct{})
+	go func() {
+		buf := make([]byte, 1500)
+		for {
+			select {
+			case <-done:
+				return
+			default:
+			}
+			n, _, err := unix.Recvfrom(fd, buf, 0)
+			if err == nil && n >= 8 && buf[0] == 0 {
+				mu.Lock()
+				answered[int(buf[6])<<8|int(buf[7])] = true
+				mu.Unlock()
+			}
+		}
+	}()
+	first := 0
+	for seq := 1; seq < 3000 && first == 0; seq++ {
+		unix.Sendto(fd, []byte{8, 0, 0, 0, 0, 0, byte(seq >> 8), byte(seq), 'b', 'w'}, 0, to)
+		time.Sleep(200 * time.Millisecond)
+		mu.Lock()
+		if answered[seq] {
+			first = seq + 1
+		}
+		mu.Unlock()
+	}
+	if first == 0 {
+		fmt.Printf("netprobe: ping %s: never answered\n", addr)
+		close(done)
+		return
+	}
+	fmt.Printf("netprobe: ping %s: answered, counting\n", addr)
+	last := first
+	for end := time.Now().Add(d); time.Now().Before(end); last++ {
+		unix.Sendto(fd, []byte{8, 0, 0, 0, 0, 0, byte(last >> 8), byte(last), 'b', 'w'}, 0, to)
+		time.Sleep(200 * time.Millisecond)
+	}
+	time.Sleep(2 * time.Second)
+	close(done)
+	mu.Lock()
+	got := 0
+	for seq := first; seq < last; seq++ {
+		if answered[seq&0xffff] {
+			got++
+		}
+	}
+	mu.Unlock()
+	fmt.Printf("netprobe: ping %s: %d sent, %d answered, %d lost\n", addr, last-first, got, last-first-got)
 }
