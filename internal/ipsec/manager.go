@@ -73,7 +73,8 @@ type peerState struct {
 	lastErr  string
 	rekeys   int
 	lastBoot string
-	kick     chan struct{}
+	kick     chan struct{} // a forced rekey
+	want     chan string   // a request from the peer, with its boot id
 }
 
 // Manager runs the keying for all peers.
@@ -109,7 +110,7 @@ func Start(o Options) (*Manager, error) {
 		ClientAuth:   tls.RequireAndVerifyClientCert,
 	}
 	for i, p := range o.Peers {
-		ps := &peerState{Peer: p, reqid: 1000 + i, state: "connecting", kick: make(chan struct{}, 1)}
+		ps := &peerState{Peer: p, reqid: 1000 + i, state: "connecting", kick: make(chan struct{}, 1), want: make(chan string, 1)}
 		if err := installPolicies(policies(o.Self, p.Addr, o.KeyingPort, 0, ps.reqid)); err != nil {
 			m.removeAll()
 			return nil, err
@@ -212,6 +213,17 @@ func (m *Manager) run(p *peerState) {
 				}
 			} else {
 				m.request(p)
+			}
+		case boot := <-p.want:
+			// Only if the peer's current boot has no SAs with us yet:
+			// a request can cross a generation already under way.
+			p.mu.Lock()
+			current := p.cur != nil && p.cur.peerBoot == boot
+			p.mu.Unlock()
+			if !current && m.initiates(p) {
+				if err := m.initiate(p); err != nil {
+					m.o.Log.Warn("ipsec: keying on request failed", "peer", p.Name, "err", err)
+				}
 			}
 		case <-time.After(wait):
 		}
@@ -432,7 +444,7 @@ func (m *Manager) serve(raw net.Conn) {
 	case "request":
 		if m.initiates(p) {
 			select {
-			case p.kick <- struct{}{}:
+			case p.want <- msg.Boot:
 			default:
 			}
 		}

@@ -105,11 +105,13 @@ func demo(r *runner, out, cfgPath string) {
 		}
 	}
 
-	r.step("booting %s with %s, plus the node's tls section and a PostgreSQL front door (direct kernel boot, software emulation)", out, cfgPath)
+	r.step("booting %s with %s, plus the node's tls section, a PostgreSQL front door and IPsec with a second node (direct kernel boot, software emulation)", out, cfgPath)
 	t0 := time.Now()
 	vm := harness.Start(r, harness.Options{Name: "demo", Image: img, Config: cfg, Net: n, Disks: disks, Echo: os.Stdout})
+	vm2 := harness.Start(r, harness.Options{Name: "db-node-2", Image: img, Config: p.secondNode(r), Net: n})
 	vm.MustWaitFor(`^bulwark: ready$`, 3*time.Minute)
 	fmt.Printf("node ready %.1fs after QEMU started\n", time.Since(t0).Seconds())
+	vm2.MustWaitFor(`^bulwark: ready$`, 3*time.Minute)
 
 	r.step("what the host sees on the data disks while the node runs (cryptsetup luksDump)")
 	for _, d := range disks {
@@ -129,6 +131,14 @@ func demo(r *runner, out, cfgPath string) {
 			r.Fatalf("ping %s: %v\n%s", addr, err, o)
 		}
 		fmt.Printf("ping %s: %s\n", addr, summary(string(o)))
+	}
+
+	r.step("IPsec with the second node (db-node-2, 10.99.0.11, booted alongside)")
+	vm.MustWaitFor(`^bulwark: ipsec: SAs installed peer=db-node-2 gen=1 `, 2*time.Minute)
+	for _, l := range vm.Lines() {
+		if strings.Contains(l.Text, "ipsec: SAs installed") {
+			fmt.Println("  " + l.Text)
+		}
 	}
 
 	r.step("only TLS on the client port")
@@ -161,7 +171,7 @@ func demo(r *runner, out, cfgPath string) {
 	r.step("the management API, from the operator's machine (bulwarkctl, mutual TLS)")
 	status := p.ctl(r, ops, "alice", 0, "status")
 	for _, l := range strings.Split(status, "\n") {
-		if strings.HasPrefix(l, "node ") || strings.HasPrefix(l, "firewall: clients") || strings.HasPrefix(l, "front door") || strings.HasPrefix(l, "audit:") {
+		if strings.HasPrefix(l, "node ") || strings.HasPrefix(l, "firewall: clients") || strings.HasPrefix(l, "front door") || strings.HasPrefix(l, "ipsec peer") || strings.HasPrefix(l, "audit:") {
 			fmt.Println("  " + l)
 		}
 	}
@@ -174,6 +184,17 @@ func demo(r *runner, out, cfgPath string) {
 		r.Fatalf("the stranger is still refused after the change:\n%s", o)
 	}
 	fmt.Printf("ping 10.99.0.10 from 10.99.0.50 now: %s\n", summary(string(o)))
+	gen := 0
+	for _, l := range vm.Lines() {
+		var g int
+		if i := strings.Index(l.Text, "ipsec: SAs installed peer=db-node-2 gen="); i >= 0 {
+			fmt.Sscanf(l.Text[i+len("ipsec: SAs installed peer=db-node-2 gen="):], "%d", &g)
+			gen = max(gen, g)
+		}
+	}
+	fmt.Printf("control plane forces an IPsec rekey: %s", p.ctl(r, ops, "robot", 0, "ipsec", "rekey"))
+	l := vm.MustWaitFor(fmt.Sprintf(`^bulwark: ipsec: SAs installed peer=db-node-2 gen=%d `, gen+1), time.Minute)
+	fmt.Println("  " + l.Text)
 	logFile := filepath.Join(dir, "audit.log")
 	fmt.Print(p.ctl(r, ops, "alice", 0, "audit", "fetch", "-o", logFile))
 	fmt.Print(p.ctl(r, nil, "", 0, "audit", "verify", logFile))
@@ -192,7 +213,7 @@ func demo(r *runner, out, cfgPath string) {
 		}
 		fmt.Printf("%s: no LUKS header: crypto-erased\n", filepath.Base(d))
 	}
-	fmt.Println("\ndemo OK: the node booted, encrypted both data volumes with keys of its own, spoke only TLS on its client port, answered the allowed client and refused the stranger until the control plane allowed it, audited every management call, and powered off with its volumes crypto-erased")
+	fmt.Println("\ndemo OK: the node booted, encrypted both data volumes with keys of its own, keyed IPsec with its peer, spoke only TLS on its client port, answered the allowed client and refused the stranger until the control plane allowed it, audited every management call, and powered off with its volumes crypto-erased")
 }
 
 // dumpSummary picks the lines of luksDump an auditor looks at.

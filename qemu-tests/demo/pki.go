@@ -40,6 +40,7 @@ func newPKI(r *runner, dir string) *demoPKI {
 	ca := filepath.Join(dir, "ca")
 	run("ca", "init", "--dir", ca, "--project", "acme")
 	run("ca", "issue", "node", "--dir", ca, "--name", "db-node-1", "--ip", "10.99.0.10,fd99::10", "--out", filepath.Join(dir, "node"), "--tls-json", filepath.Join(dir, "tls.json"))
+	run("ca", "issue", "node", "--dir", ca, "--name", "db-node-2", "--ip", "10.99.0.11", "--out", filepath.Join(dir, "node2"), "--tls-json", filepath.Join(dir, "tls2.json"))
 	run("ca", "issue", "client", "--dir", ca, "--name", "alice", "--role", "operator", "--out", filepath.Join(dir, "alice"))
 	run("ca", "issue", "client", "--dir", ca, "--name", "robot", "--role", "control-plane", "--out", filepath.Join(dir, "robot"))
 	c, err := pki.Load(ca)
@@ -67,10 +68,31 @@ func (p *demoPKI) addToConfig(r *runner, cfg []byte) []byte {
 	json.Unmarshal(p.tlsJSON, &t)
 	doc["tls"] = t
 	doc["front_door"] = []map[string]any{{"port": 5432, "protocol": "postgres", "backend": "127.0.0.1:5433"}}
+	doc["ipsec"] = map[string]any{"address": "10.99.0.10", "peers": []map[string]string{{"name": "db-node-2", "address": "10.99.0.11"}}}
 	out, err := json.Marshal(doc)
 	if err != nil {
 		r.Fatal(err)
 	}
+	return out
+}
+
+// secondNode is the config of the service's second node, db-node-2 at
+// 10.99.0.11, keyed with the first over IPsec.
+func (p *demoPKI) secondNode(r *runner) []byte {
+	var t map[string]any
+	b, err := os.ReadFile(filepath.Join(p.dir, "tls2.json"))
+	if err != nil {
+		r.Fatal(err)
+	}
+	json.Unmarshal(b, &t)
+	doc := map[string]any{
+		"version":  1,
+		"hostname": "db-node-2",
+		"network":  map[string]any{"interfaces": []map[string]any{{"name": "eth0", "addresses": []string{"10.99.0.11/24"}}}},
+		"tls":      t,
+		"ipsec":    map[string]any{"address": "10.99.0.11", "peers": []map[string]string{{"name": "db-node-1", "address": "10.99.0.10"}}},
+	}
+	out, _ := json.Marshal(doc)
 	return out
 }
 
