@@ -36,6 +36,14 @@ func addNodeFlags(fs *flag.FlagSet) nodeFlags {
 	}
 }
 
+// connect parses a node command's flags and arguments and makes the client.
+func connect(fs *flag.FlagSet, nf nodeFlags, args []string) (*client, error) {
+	if err := parse(fs, args); err != nil {
+		return nil, err
+	}
+	return nf.client()
+}
+
 type client struct {
 	base string
 	http *http.Client
@@ -102,10 +110,7 @@ func (c *client) call(method, path string, body any) ([]byte, http.Header, error
 func statusCommand(args []string, stdout io.Writer) error {
 	fs := newFlags("status")
 	nf := addNodeFlags(fs)
-	if err := parse(fs, args); err != nil {
-		return err
-	}
-	c, err := nf.client()
+	c, err := connect(fs, nf, args)
 	if err != nil {
 		return err
 	}
@@ -181,10 +186,7 @@ func allowlistCommand(args []string, stdout, stderr io.Writer) error {
 	}
 	fs := newFlags("allowlist " + args[0])
 	nf := addNodeFlags(fs)
-	if err := parse(fs, args[1:]); err != nil {
-		return err
-	}
-	c, err := nf.client()
+	c, err := connect(fs, nf, args[1:])
 	if err != nil {
 		return err
 	}
@@ -228,10 +230,7 @@ func auditFetch(args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("audit fetch")
 	nf := addNodeFlags(fs)
 	out := fs.String("o", "", "")
-	if err := parse(fs, args); err != nil {
-		return err
-	}
-	c, err := nf.client()
+	c, err := connect(fs, nf, args)
 	if err != nil {
 		return err
 	}
@@ -299,10 +298,7 @@ func shutdownCommand(args []string, stdout io.Writer) error {
 func postCommand(path string, args []string, stdout io.Writer) error {
 	fs := newFlags(path)
 	nf := addNodeFlags(fs)
-	if err := parse(fs, args); err != nil {
-		return err
-	}
-	c, err := nf.client()
+	c, err := connect(fs, nf, args)
 	if err != nil {
 		return err
 	}
