@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"maps"
 	"os"
 	"slices"
 	"strings"
@@ -25,23 +24,10 @@ func loadModules(b *boot) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	var early, late []kmod.Module
-	for _, m := range mods {
-		if m.Late {
-			late = append(late, m)
-		} else {
-			early = append(early, m)
-		}
-	}
-	failed, err := kmod.Load(kmod.Names(early))
+	failed, err := kmod.LoadList(mods)
 	if err != nil {
 		return "", err
 	}
-	failedLate, err := kmod.Load(kmod.Names(late))
-	if err != nil {
-		return "", err
-	}
-	maps.Copy(failed, failedLate)
 	var fatal, optional []string
 	for _, m := range mods {
 		err, bad := failed[m.Name]

@@ -178,6 +178,28 @@ func Load(names []string) (map[string]error, error) {
 	return loadPass(retry, false)
 }
 
+// LoadList loads a module list: everything but the late modules first,
+// then the late ones. It returns the modules that failed, by name.
+func LoadList(mods []Module) (map[string]error, error) {
+	var early, late []Module
+	for _, m := range mods {
+		if m.Late {
+			late = append(late, m)
+		} else {
+			early = append(early, m)
+		}
+	}
+	failed, err := Load(Names(early))
+	if err != nil {
+		return failed, err
+	}
+	failedLate, err := Load(Names(late))
+	for n, e := range failedLate {
+		failed[n] = e
+	}
+	return failed, err
+}
+
 func loadPass(names []string, parallel bool) (map[string]error, error) {
 	// A fresh prober: kmodule remembers a failure for the prober's lifetime.
 	prober, err := kmodule.NewProber(kmodule.ProbeOpts{})

@@ -43,22 +43,7 @@ func main() {
 		say("FAIL setup: %v", err)
 		return
 	}
-	var early, late []kmod.Module
-	for _, m := range mods {
-		if m.Late {
-			late = append(late, m)
-		} else {
-			early = append(early, m)
-		}
-	}
-	failed, err := kmod.Load(kmod.Names(early))
-	if err == nil {
-		var f2 map[string]error
-		f2, err = kmod.Load(kmod.Names(late))
-		for k, v := range f2 {
-			failed[k] = v
-		}
-	}
+	failed, err := kmod.LoadList(mods)
 	if err != nil {
 		say("FAIL setup: loading modules: %v", err)
 		return
