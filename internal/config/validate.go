@@ -1,7 +1,6 @@
 package config
 
 import (
-	"crypto"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -125,8 +124,7 @@ func (t *TLS) validate() error {
 		// The key's bytes never go into an error message.
 		return errors.New("tls.key: not a PEM PKCS#8 private key")
 	}
-	type equaler interface{ Equal(crypto.PublicKey) bool }
-	if e, ok := cert.PublicKey.(equaler); !ok || !e.Equal(key.Public()) {
+	if !pki.KeyMatches(cert, key) {
 		return errors.New("tls.key: does not belong to tls.certificate")
 	}
 	for i, s := range t.RevokedSerials {

@@ -176,16 +176,17 @@ func Load(dir string) (*CA, error) {
 	if err != nil {
 		return nil, err
 	}
-	if !publicKeysEqual(cert.PublicKey, key.Public()) {
+	if !KeyMatches(cert, key) {
 		return nil, fmt.Errorf("pki: %s does not belong to %s", CAKeyFile, CACertFile)
 	}
 	return &CA{Cert: cert, Key: key, PEM: certPEM}, nil
 }
 
-func publicKeysEqual(a, b crypto.PublicKey) bool {
+// KeyMatches reports whether key is the private key of cert.
+func KeyMatches(cert *x509.Certificate, key crypto.Signer) bool {
 	type equaler interface{ Equal(crypto.PublicKey) bool }
-	e, ok := a.(equaler)
-	return ok && e.Equal(b)
+	e, ok := cert.PublicKey.(equaler)
+	return ok && e.Equal(key.Public())
 }
 
 // ParseCertificate parses one PEM certificate.
