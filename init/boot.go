@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"log/slog"
 	"os"
@@ -38,6 +40,9 @@ type boot struct {
 	cfg       *config.Config
 	cfgDigest string
 	cfgSource config.Source
+	// nodeCert and projectCA come from the config's tls section.
+	nodeCert  tls.Certificate
+	projectCA *x509.Certificate
 	// fw is the firewall, kept for live updates (management API).
 	fw *firewall.Firewall
 	// audit is the tamper-evident log; auditFile is where it is written

@@ -2,13 +2,11 @@ package main
 
 import (
 	"context"
-	"crypto/tls"
 	"fmt"
 	"net/netip"
 	"time"
 
 	"github.com/bulwarkvm/bulwark/internal/ipsec"
-	"github.com/bulwarkvm/bulwark/internal/pki"
 )
 
 // startIPsec installs the ESP-only policies for every peer (from then on
@@ -22,14 +20,7 @@ func startIPsec(b *boot) (string, error) {
 		return "not configured", nil
 	}
 	t := b.cfg.TLS
-	cert, err := tls.X509KeyPair([]byte(t.Certificate), []byte(t.Key))
-	if err != nil {
-		return "", fmt.Errorf("ipsec: the node certificate: %w", err)
-	}
-	ca, err := pki.ParseCertificate([]byte(t.CA))
-	if err != nil {
-		return "", fmt.Errorf("ipsec: %w", err)
-	}
+	cert, ca := b.nodeCert, b.projectCA
 	o := ipsec.Options{
 		Self:       netip.MustParseAddr(s.Address),
 		KeyingPort: b.cfg.Firewall.EffectiveKeyingPort(),

@@ -11,7 +11,6 @@ import (
 	"github.com/bulwarkvm/bulwark/internal/firewall"
 	"github.com/bulwarkvm/bulwark/internal/frontdoor"
 	"github.com/bulwarkvm/bulwark/internal/mgmt"
-	"github.com/bulwarkvm/bulwark/internal/pki"
 )
 
 // startServices opens the TLS front door on each configured client port
@@ -22,14 +21,7 @@ func startServices(b *boot) (string, error) {
 	if t == nil {
 		return "no tls section: no front door, no management API", nil
 	}
-	cert, err := tls.X509KeyPair([]byte(t.Certificate), []byte(t.Key))
-	if err != nil {
-		return "", fmt.Errorf("services: the node certificate: %w", err)
-	}
-	ca, err := pki.ParseCertificate([]byte(t.CA))
-	if err != nil {
-		return "", fmt.Errorf("services: %w", err)
-	}
+	cert, ca := b.nodeCert, b.projectCA
 	var parts []string
 	for _, fd := range b.cfg.FrontDoor {
 		s, err := frontdoor.Listen(frontdoor.Options{
