@@ -16,17 +16,7 @@ func tlsEcho(b *testing.B, cert tls.Certificate) string {
 	if err != nil {
 		b.Fatal(err)
 	}
-	b.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() { io.Copy(c, c); c.Close() }()
-		}
-	}()
-	return ln.Addr().String()
+	return echoOn(b, ln)
 }
 
 // BenchmarkHandshakes: full TLS 1.3 handshakes (plus one byte echoed, so

@@ -48,6 +48,12 @@ func echoServer(t testing.TB) string {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return echoOn(t, ln)
+}
+
+// echoOn echoes every connection ln accepts until the test ends, and
+// returns its address.
+func echoOn(t testing.TB, ln net.Listener) string {
 	t.Cleanup(func() { ln.Close() })
 	go func() {
 		for {
