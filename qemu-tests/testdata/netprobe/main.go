@@ -33,24 +33,10 @@ func main() {
 	ping := flag.String("ping", "", "IPv4 address to send an ICMP echo request to every 100 ms while the stream runs")
 	flag.Parse()
 	if *sink != "" {
-		ln, err := net.Listen("tcp", *sink)
-		if err != nil {
-			fmt.Println("netprobe: sink", err)
-			os.Exit(1)
-		}
-		go func() {
-			for {
-				c, err := ln.Accept()
-				if err != nil {
-					return
-				}
-				go func() {
-					n, err := io.Copy(io.Discard, c)
-					fmt.Printf("netprobe: sink received %d bytes from %s (%v)\n", n, c.RemoteAddr(), err)
-					c.Close()
-				}()
-			}
-		}()
+		serve("sink", *sink, func(c net.Conn) {
+			n, err := io.Copy(io.Discard, c)
+			fmt.Printf("netprobe: sink received %d bytes from %s (%v)\n", n, c.RemoteAddr(), err)
+		})
 		fmt.Printf("netprobe: sink on %s\n", *sink)
 	}
 	if *stream != "" {
@@ -60,37 +46,11 @@ func main() {
 		go runPing(*ping, time.Duration(*seconds)*time.Second)
 	}
 	if *echo != "" {
-		ln, err := net.Listen("tcp", *echo)
-		if err != nil {
-			fmt.Println("netprobe: echo", err)
-			os.Exit(1)
-		}
-		go func() {
-			for {
-				c, err := ln.Accept()
-				if err != nil {
-					return
-				}
-				go func() { io.Copy(c, c); c.Close() }()
-			}
-		}()
+		serve("echo", *echo, func(c net.Conn) { io.Copy(c, c) })
 		fmt.Printf("netprobe: echo server on %s\n", *echo)
 	}
 	for _, p := range split(*listen) {
-		ln, err := net.Listen("tcp", ":"+p)
-		if err != nil {
-			fmt.Println("netprobe: listen", p, err)
-			os.Exit(1)
-		}
-		go func() {
-			for {
-				c, err := ln.Accept()
-				if err != nil {
-					return
-				}
-				c.Close()
-			}
-		}()
+		serve("listen", ":"+p, func(net.Conn) {})
 	}
 	fmt.Printf("netprobe: listening on %s\n", *listen)
 	for _, addr := range split(*connect) {
@@ -144,6 +104,25 @@ func runStream(addr, marker string, d, pause time.Duration) {
 	}
 	c.Close()
 	fmt.Printf("netprobe: stream to %s: done, %d bytes sent, no errors, %.1f MiB/s\n", addr, sent, float64(sent)/(1<<20)/d.Seconds())
+}
+
+// serve listens on addr (exiting if it cannot) and runs handle for each
+// connection, closing it afterwards.
+func serve(what, addr string, handle func(net.Conn)) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		fmt.Println("netprobe:", what, addr, err)
+		os.Exit(1)
+	}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() { handle(c); c.Close() }()
+		}
+	}()
 }
 
 func split(s string) []string {
