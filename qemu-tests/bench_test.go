@@ -1,7 +1,6 @@
 package qemutests
 
 import (
-	"context"
 	"fmt"
 	"io"
 	"net"
@@ -190,12 +189,8 @@ func BenchmarkIPsec(b *testing.B) {
 	var total time.Duration
 	const rekeys = 10
 	for i := 2; i < 2+rekeys; i++ {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		out, err := ops.Command(ctx, ctlBin, "ipsec", "rekey", "--node", "10.99.0.10:9443", "--ca", filepath.Join(dir, "ca", "ca.pem"),
-			"--cert", filepath.Join(dir, "robot.pem"), "--key", filepath.Join(dir, "robot.key")).CombinedOutput()
-		cancel()
-		if err != nil {
-			b.Fatalf("rekey: %v\n%s", err, out)
+		if out, code := (operator{t: b, from: ops, bin: ctlBin, dir: dir, caFile: filepath.Join(dir, "ca", "ca.pem")}).run("robot", "ipsec", "rekey"); code != 0 {
+			b.Fatalf("rekey: exit %d\n%s", code, out)
 		}
 		total += dur(vm1.MustWaitFor(fmt.Sprintf(`^bulwark: ipsec: SAs installed peer=db-2 gen=%d `, i), time.Minute))
 	}

@@ -2,7 +2,6 @@ package qemutests
 
 import (
 	"bytes"
-	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
@@ -120,21 +119,14 @@ func TestIPsec(t *testing.T) {
 	}
 
 	// 20 forced rekeys while the stream runs.
-	ctl := func(args ...string) (string, error) {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		full := append(args, "--node", "10.99.0.10:9443", "--ca", filepath.Join(dir, "ca", "ca.pem"),
-			"--cert", filepath.Join(dir, "robot.pem"), "--key", filepath.Join(dir, "robot.key"))
-		out, err := ops.Command(ctx, ctlBin, full...).CombinedOutput()
-		return string(out), err
-	}
+	op := operator{t: t, from: ops, bin: ctlBin, dir: dir, caFile: filepath.Join(dir, "ca", "ca.pem")}
 	for i := 2; i <= 21; i++ {
-		if out, err := ctl("ipsec", "rekey"); err != nil {
-			t.Fatalf("rekey %d: %v\n%s", i, err, out)
+		if out, code := op.run("robot", "ipsec", "rekey"); code != 0 {
+			t.Fatalf("rekey %d: exit %d\n%s", i, code, out)
 		}
 		vm1.MustWaitFor(fmt.Sprintf(`^bulwark: ipsec: SAs installed peer=db-2 gen=%d `, i), time.Minute)
 	}
-	out, _ := ctl("status")
+	out, _ := op.run("robot", "status")
 	t.Logf("status after the rekeys:\n%s", out)
 	if !regexp.MustCompile(`ipsec peer db-2 10\.99\.0\.11: up, generation 21`).MatchString(out) {
 		t.Errorf("status does not show generation 21 for db-2:\n%s", out)
@@ -210,9 +202,9 @@ func TestIPsec(t *testing.T) {
 	t.Logf("db-2 keyed again %s after its reboot", time.Since(t0).Round(100*time.Millisecond))
 	// The SAs of db-2's previous boot are gone at once: one generation
 	// left, though the grace period has not passed.
-	out, err = ctl("status", "--json")
-	if err != nil {
-		t.Fatalf("status: %v\n%s", err, out)
+	out, code := op.run("robot", "status", "--json")
+	if code != 0 {
+		t.Fatalf("status: exit %d\n%s", code, out)
 	}
 	var st struct {
 		IPsec []struct {

@@ -2,7 +2,6 @@ package qemutests
 
 import (
 	"bufio"
-	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
@@ -11,7 +10,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -20,18 +18,6 @@ import (
 	"github.com/bulwarkvm/bulwark/internal/pki"
 	"github.com/bulwarkvm/bulwark/qemu-tests/harness"
 )
-
-// buildCtl builds bulwarkctl for the host.
-func buildCtl(t testing.TB) string {
-	t.Helper()
-	bin := filepath.Join(t.TempDir(), "bulwarkctl")
-	cmd := exec.Command("go", "build", "-o", bin, "./cmd/bulwarkctl")
-	cmd.Dir = ".."
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("building bulwarkctl: %v\n%s", err, out)
-	}
-	return bin
-}
 
 // TLS only, the management API and its audit log, from outside: a client's
 // TLS connection through the front door survives an allowlist change made
@@ -116,22 +102,7 @@ func TestManagement(t *testing.T) {
 		}
 		return nil
 	}
-	ctl := func(who string, args ...string) (string, int) {
-		full := args
-		if who != "" { // a call to the node; "" is an offline command
-			full = append(full, "--node", "10.99.0.10:9443", "--ca", caFile, "--cert", filepath.Join(dir, who+".pem"), "--key", filepath.Join(dir, who+".key"))
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		out, err := ops.Command(ctx, ctlBin, full...).CombinedOutput()
-		code := 0
-		if ee, ok := err.(*exec.ExitError); ok {
-			code = ee.ExitCode()
-		} else if err != nil {
-			t.Fatal(err)
-		}
-		return string(out), code
-	}
+	ctl := operator{t: t, from: ops, bin: ctlBin, dir: dir, caFile: caFile}.run
 
 	a, err := dialApp(appA)
 	if err != nil {
