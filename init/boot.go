@@ -21,6 +21,7 @@ import (
 	"github.com/bulwarkvm/bulwark/internal/firewall"
 	"github.com/bulwarkvm/bulwark/internal/ipsec"
 	"github.com/bulwarkvm/bulwark/internal/proc"
+	"github.com/bulwarkvm/bulwark/internal/volume"
 )
 
 // boot is the state the stages share.
@@ -50,6 +51,7 @@ type boot struct {
 	audit     *audit.Log
 	auditFile string
 	doors     []door
+	volumes   []*volume.Volume
 	ipsec     *ipsec.Manager
 }
 

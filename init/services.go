@@ -114,10 +114,8 @@ func (b *boot) Status() any {
 	if b.fw != nil {
 		st.Firewall = b.fw.Policy().Summary()
 	}
-	for _, n := range b.notes {
-		if v, ok := strings.CutPrefix(n, "volume "); ok {
-			st.Volumes = append(st.Volumes, v)
-		}
+	for _, v := range b.volumes {
+		st.Volumes = append(st.Volumes, v.Summary())
 	}
 	for _, d := range b.doors {
 		st.FrontDoors = append(st.FrontDoors, frontDoor{d.cfg.Port, d.cfg.Protocol, d.srv.Stats()})

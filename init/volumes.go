@@ -29,6 +29,7 @@ func setUpVolumes(b *boot) (string, error) {
 		b.log.Info(fmt.Sprintf("volume %s: %s %s; it is now a new volume with a new key", v.Name, v.Disk, v.Previous))
 		b.log.Info("volume " + v.Summary())
 		b.notes = append(b.notes, "volume "+v.Summary())
+		b.volumes = append(b.volumes, v)
 		b.onShutdown("crypto-erase volume "+v.Name, v.Erase)
 		lines = append(lines, v.Name+" "+v.UUID)
 	}

@@ -141,15 +141,6 @@ func (c *Control) call(cmd uintptr, name, uuid string, flags uint32, payload []b
 	}
 }
 
-// KernelVersion returns the kernel's device-mapper ioctl interface version.
-func (c *Control) KernelVersion() ([3]uint32, error) {
-	h, _, err := c.call(cmdVersion, "", "", 0, nil, 0)
-	if err != nil {
-		return [3]uint32{}, fmt.Errorf("devmapper: version: %w", err)
-	}
-	return h.Version, nil
-}
-
 // Create creates an empty, suspended device and returns its device number.
 func (c *Control) Create(name, uuid string) (uint64, error) {
 	h, _, err := c.call(cmdDevCreate, name, uuid, 0, nil, 0)

@@ -181,8 +181,7 @@ func (s *Server) track(c net.Conn, add bool) {
 
 func addrOf(a net.Addr) netip.Addr {
 	if t, ok := a.(*net.TCPAddr); ok {
-		ip, _ := netip.AddrFromSlice(t.IP)
-		return ip.Unmap()
+		return t.AddrPort().Addr().Unmap()
 	}
 	return netip.Addr{}
 }

@@ -5,7 +5,6 @@ import (
 	"crypto/tls"
 	"encoding/binary"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -78,12 +77,9 @@ func keys(cs tls.ConnectionState, initiator, responder netip.Addr, spiI, spiR ui
 // remoteAddr is the address a connection comes from.
 func remoteAddr(c net.Conn) netip.Addr {
 	if t, ok := c.RemoteAddr().(*net.TCPAddr); ok {
-		a, _ := netip.AddrFromSlice(t.IP)
-		return a.Unmap()
+		return t.AddrPort().Addr().Unmap()
 	}
 	return netip.Addr{}
 }
-
-var errTimeout = errors.New("keying: timed out")
 
 func deadline(c net.Conn) { c.SetDeadline(time.Now().Add(20 * time.Second)) }
