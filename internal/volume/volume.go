@@ -115,9 +115,9 @@ func Setup(ctx context.Context, spec config.Volume, o Options) (v *Volume, err e
 		Cipher: luks2.Cipher, KeyBits: luks2.KeySize * 8, Previous: prev,
 		dmName: "bulwark-" + spec.Name,
 	}
-	wrote := false
+	// From here on, a failure erases whatever header there is.
 	defer func() {
-		if err != nil && wrote {
+		if err != nil {
 			if uerr := v.Erase(context.Background()); uerr != nil {
 				err = errors.Join(err, fmt.Errorf("undoing: %w", uerr))
 			}
@@ -125,7 +125,6 @@ func Setup(ctx context.Context, spec config.Volume, o Options) (v *Volume, err e
 	}()
 
 	t0 := time.Now()
-	wrote = true // from here on, undo erases whatever header there is
 	if err := v.format(o); err != nil {
 		return nil, fmt.Errorf("volume %s: %w", spec.Name, err)
 	}
