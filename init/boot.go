@@ -53,6 +53,9 @@ type boot struct {
 	doors     []door
 	volumes   []*volume.Volume
 	ipsec     *ipsec.Manager
+	// bgModules carries the result of the background module load
+	// (awaitModules).
+	bgModules chan error
 }
 
 type result struct {

@@ -19,6 +19,10 @@ func startIPsec(b *boot) (string, error) {
 	if s == nil {
 		return "not configured", nil
 	}
+	waited, err := b.awaitModules()
+	if err != nil {
+		return "", err
+	}
 	t := b.cfg.TLS
 	cert, ca := b.nodeCert, b.projectCA
 	o := ipsec.Options{
@@ -40,5 +44,5 @@ func startIPsec(b *boot) (string, error) {
 	}
 	b.ipsec = m
 	b.onShutdown("remove IPsec SAs and policies", func(context.Context) error { return m.Close() })
-	return fmt.Sprintf("%d peers, ESP required, keying on tcp %d from %s", len(o.Peers), o.KeyingPort, o.Self), nil
+	return fmt.Sprintf("%d peers, ESP required, keying on tcp %d from %s%s", len(o.Peers), o.KeyingPort, o.Self, waitedNote(waited)), nil
 }

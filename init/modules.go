@@ -5,6 +5,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/bulwarkvm/bulwark/internal/kmod"
 )
@@ -12,9 +13,12 @@ import (
 // modulesList is written by the image build (internal/imagebuild).
 const modulesList = "/etc/bulwark/modules.list"
 
-// loadModules loads the modules the image ships, dependencies first. A
-// required module that fails is fatal; an optional one (CPU-specific
-// acceleration) is a warning.
+// loadModules loads the modules the image ships, dependencies first: the
+// ones the early stages need now, the ones only the volumes and IPsec
+// stages need (dm-crypt, ext4, XFRM, ESP and their ciphers) in the
+// background while config, firewall and network run; those two stages
+// wait for them (awaitModules). A required module that fails is fatal; an
+// optional one (CPU-specific acceleration) is a warning.
 func loadModules(b *boot) (string, error) {
 	raw, err := os.ReadFile(modulesList)
 	if err != nil {
@@ -24,9 +28,52 @@ func loadModules(b *boot) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	failed, err := kmod.LoadList(mods)
+	early, background := kmod.Split(mods)
+	detail, degraded, err := loadModuleSet(b, early, kmod.LoadList)
 	if err != nil {
 		return "", err
+	}
+	b.bgModules = make(chan error, 1)
+	b.goSafe("background modules", func() {
+		start := time.Now()
+		d, _, err := loadModuleSet(b, background, kmod.LoadListQuietly)
+		if err == nil {
+			b.log.Info(fmt.Sprintf("background modules loaded: %s in %s", d, time.Since(start).Round(time.Millisecond)))
+		}
+		b.bgModules <- err
+	})
+	detail = fmt.Sprintf("%s; %d for volumes and IPsec in the background", detail, len(background))
+	if degraded {
+		return "", warning{detail}
+	}
+	return detail, nil
+}
+
+// awaitModules waits for the background modules; the stages that need
+// them call it, and a required module that failed fails that stage. Later
+// calls return the same result.
+func (b *boot) awaitModules() (time.Duration, error) {
+	start := time.Now()
+	err := <-b.bgModules
+	b.bgModules <- err
+	return time.Since(start), err
+}
+
+// waitedNote tells the readiness report how long a stage waited for the
+// background modules, when it did.
+func waitedNote(d time.Duration) string {
+	if d < time.Millisecond {
+		return ""
+	}
+	return fmt.Sprintf("; waited %s for modules", d.Round(time.Millisecond))
+}
+
+// loadModuleSet loads mods and describes the result; degraded says an
+// optional module is missing.
+func loadModuleSet(b *boot, mods []kmod.Module, load func([]kmod.Module) (map[string]error, error)) (detail string, degraded bool, err error) {
+	failed, err := load(mods)
+	if err != nil {
+		return "", false, err
 	}
 	var fatal, optional []string
 	for _, m := range mods {
@@ -42,11 +89,11 @@ func loadModules(b *boot) (string, error) {
 	}
 	if len(fatal) > 0 {
 		slices.Sort(fatal)
-		return "", fmt.Errorf("required modules failed: %s", strings.Join(fatal, ", "))
+		return "", false, fmt.Errorf("required modules failed: %s", strings.Join(fatal, ", "))
 	}
-	detail := fmt.Sprintf("%d modules", len(mods)-len(optional))
+	detail = fmt.Sprintf("%d modules", len(mods)-len(optional))
 	if len(optional) > 0 {
-		return detail, warning{fmt.Sprintf("(%d optional not loaded: %s)", len(optional), strings.Join(optional, " "))}
+		detail += fmt.Sprintf(" (%d optional not loaded: %s)", len(optional), strings.Join(optional, " "))
 	}
-	return detail, nil
+	return detail, len(optional) > 0, nil
 }

@@ -19,6 +19,10 @@ func setUpVolumes(b *boot) (string, error) {
 	if len(b.cfg.Volumes) == 0 {
 		return "none configured", nil
 	}
+	waited, err := b.awaitModules()
+	if err != nil {
+		return "", err
+	}
 	opts := volume.Options{Run: proc.Run, ConfigDevice: b.cfgSource.Device}
 	var lines []string
 	for _, spec := range b.cfg.Volumes {
@@ -44,5 +48,5 @@ func setUpVolumes(b *boot) (string, error) {
 		return "", err
 	}
 	b.onShutdown("close audit log", func(context.Context) error { return b.audit.Close() })
-	return fmt.Sprintf("%d encrypted (%s); audit log on %s", len(lines), strings.Join(lines, ", "), b.cfg.Volumes[0].Name), nil
+	return fmt.Sprintf("%d encrypted (%s); audit log on %s%s", len(lines), strings.Join(lines, ", "), b.cfg.Volumes[0].Name, waitedNote(waited)), nil
 }

@@ -9,11 +9,13 @@ import (
 	"bytes"
 	"fmt"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
 
 	"github.com/u-root/u-root/pkg/kmodule"
+	"golang.org/x/sys/unix"
 )
 
 // Module is one module the node loads at boot.
@@ -27,6 +29,10 @@ type Module struct {
 	// algorithms that other modules provide (drbg's self-test needs
 	// hmac(sha512)), and the others load in parallel.
 	Late bool
+	// Background modules serve only the stages after the network
+	// (volumes, IPsec): the init loads them while the config, firewall
+	// and network stages run, and those stages wait for them.
+	Background bool
 	// Why says what needs it.
 	Why string
 }
@@ -43,13 +49,13 @@ var Modules = []Module{
 	{Name: "qemu_fw_cfg", Why: "config from QEMU fw_cfg"},
 	{Name: "evdev", Why: "power button events"},
 	{Name: "button", Why: "ACPI power button"},
-	{Name: "dm_crypt", Why: "encrypted volumes"},
-	{Name: "ecb", Why: "soft dependency of xts"},
-	{Name: "xts", Why: "aes-xts-plain64"},
-	{Name: "aesni_intel", Optional: true, Why: "AES instructions"},
-	{Name: "crc32c_generic", Why: "ext4 metadata checksums"},
+	{Name: "dm_crypt", Background: true, Why: "encrypted volumes"},
+	{Name: "ecb", Background: true, Why: "soft dependency of xts"},
+	{Name: "xts", Background: true, Why: "aes-xts-plain64"},
+	{Name: "aesni_intel", Background: true, Optional: true, Why: "AES instructions"},
+	{Name: "crc32c_generic", Why: "ext4 metadata checksums; libcrc32c (under nf_conntrack) needs it when it loads"},
 	{Name: "crc32c_intel", Optional: true, Why: "faster crc32c"},
-	{Name: "ext4", Why: "data volume filesystem"},
+	{Name: "ext4", Background: true, Why: "data volume filesystem"},
 	{Name: "nls_cp437", Why: "vfat config volume"},
 	{Name: "nls_ascii", Why: "vfat config volume"},
 	{Name: "nls_utf8", Why: "vfat config volume"},
@@ -60,18 +66,18 @@ var Modules = []Module{
 	{Name: "nft_ct", Why: "firewall state"},
 	{Name: "nft_reject_inet", Why: "firewall rejects"},
 	{Name: "nft_limit", Why: "firewall rate limits"},
-	{Name: "xfrm_user", Why: "IPsec states and policies"},
-	{Name: "esp4", Why: "IPsec ESP (IPv4)"},
-	{Name: "esp6", Why: "IPsec ESP (IPv6)"},
-	{Name: "ctr", Why: "AES-GCM for ESP"},
-	{Name: "ghash_generic", Why: "AES-GCM for ESP"},
-	{Name: "ghash_clmulni_intel", Optional: true, Why: "faster GHASH"},
-	{Name: "gcm", Why: "AES-GCM for ESP"},
-	{Name: "seqiv", Why: "ESP IV generation"},
-	{Name: "sha512_generic", Why: "drbg's HMAC-SHA512 generator"},
-	{Name: "drbg", Late: true, Why: "ESP IV generation (seqiv seeds its salt from stdrng)"},
-	{Name: "echainiv", Why: "ESP IV generation"},
-	{Name: "authenc", Why: "ESP"},
+	{Name: "xfrm_user", Background: true, Why: "IPsec states and policies"},
+	{Name: "esp4", Background: true, Why: "IPsec ESP (IPv4)"},
+	{Name: "esp6", Background: true, Why: "IPsec ESP (IPv6)"},
+	{Name: "ctr", Background: true, Why: "AES-GCM for ESP"},
+	{Name: "ghash_generic", Background: true, Why: "AES-GCM for ESP"},
+	{Name: "ghash_clmulni_intel", Background: true, Optional: true, Why: "faster GHASH"},
+	{Name: "gcm", Background: true, Why: "AES-GCM for ESP"},
+	{Name: "seqiv", Background: true, Why: "ESP IV generation"},
+	{Name: "sha512_generic", Background: true, Why: "drbg's HMAC-SHA512 generator"},
+	{Name: "drbg", Background: true, Late: true, Why: "ESP IV generation (seqiv seeds its salt from stdrng)"},
+	{Name: "echainiv", Background: true, Why: "ESP IV generation"},
+	{Name: "authenc", Background: true, Why: "ESP"},
 	{Name: "tpm_crb", Why: "TPM 2.0 (CRB interface)"},
 	{Name: "tpm_tis", Why: "TPM 2.0 (TIS interface)"},
 }
@@ -165,7 +171,11 @@ func FilterDep(depFile []byte, files []string) ([]byte, error) {
 // one, in list order, with everything else loaded. It returns the names that
 // failed both times with their errors; the caller decides which are fatal.
 func Load(names []string) (map[string]error, error) {
-	failed, err := loadPass(names, true)
+	return load(names, true)
+}
+
+func load(names []string, parallel bool) (map[string]error, error) {
+	failed, err := loadPass(names, parallel)
 	if err != nil || len(failed) == 0 {
 		return failed, err
 	}
@@ -179,8 +189,26 @@ func Load(names []string) (map[string]error, error) {
 }
 
 // LoadList loads a module list: everything but the late modules first,
-// then the late ones. It returns the modules that failed, by name.
+// then the late ones. It returns the modules that failed, by name. It
+// ignores the Background flag: the caller splits the list (Split).
 func LoadList(mods []Module) (map[string]error, error) {
+	return loadList(mods, true)
+}
+
+// LoadListQuietly loads a list like LoadList, but one module at a time on
+// the calling thread at the lowest CPU priority, so that the caller's other
+// goroutines, running the boot, come first on a machine with few CPUs.
+func LoadListQuietly(mods []Module) (map[string]error, error) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	if err := unix.Setpriority(unix.PRIO_PROCESS, unix.Gettid(), 19); err != nil {
+		return nil, fmt.Errorf("kmod: lowering the loader's priority: %w", err)
+	}
+	defer unix.Setpriority(unix.PRIO_PROCESS, unix.Gettid(), 0)
+	return loadList(mods, false)
+}
+
+func loadList(mods []Module, parallel bool) (map[string]error, error) {
 	var early, late []Module
 	for _, m := range mods {
 		if m.Late {
@@ -189,15 +217,28 @@ func LoadList(mods []Module) (map[string]error, error) {
 			early = append(early, m)
 		}
 	}
-	failed, err := Load(Names(early))
+	failed, err := load(Names(early), parallel)
 	if err != nil {
 		return failed, err
 	}
-	failedLate, err := Load(Names(late))
+	failedLate, err := load(Names(late), parallel)
 	for n, e := range failedLate {
 		failed[n] = e
 	}
 	return failed, err
+}
+
+// Split divides a list into the modules the early stages need and the
+// background ones.
+func Split(mods []Module) (early, background []Module) {
+	for _, m := range mods {
+		if m.Background {
+			background = append(background, m)
+		} else {
+			early = append(early, m)
+		}
+	}
+	return early, background
 }
 
 func loadPass(names []string, parallel bool) (map[string]error, error) {
@@ -232,7 +273,7 @@ func loadPass(names []string, parallel bool) (map[string]error, error) {
 }
 
 // ParseList reads a module list as the image ships it: one name per line,
-// an optional module marked with a trailing " optional".
+// then its flags: optional, late, background.
 func ParseList(b []byte) ([]Module, error) {
 	var mods []Module
 	for i, line := range strings.Split(string(b), "\n") {
@@ -248,8 +289,10 @@ func ParseList(b []byte) ([]Module, error) {
 				m.Optional = true
 			case "late":
 				m.Late = true
+			case "background":
+				m.Background = true
 			default:
-				return nil, fmt.Errorf("kmod: module list line %d: %q is not \"name [optional] [late]\"", i+1, line)
+				return nil, fmt.Errorf("kmod: module list line %d: %q is not \"name [optional] [late] [background]\"", i+1, line)
 			}
 		}
 		mods = append(mods, m)
@@ -267,6 +310,9 @@ func FormatList(mods []Module) []byte {
 		}
 		if m.Late {
 			b.WriteString(" late")
+		}
+		if m.Background {
+			b.WriteString(" background")
 		}
 		b.WriteByte('\n')
 	}
