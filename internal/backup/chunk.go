@@ -6,7 +6,6 @@ import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"hash"
 	"math/big"
@@ -78,13 +77,11 @@ func (e *errTag) Error() string {
 	return fmt.Sprintf("backup: chunk %d: %s", e.index, e.cause)
 }
 
-var errShortChunk = errors.New("backup: segment truncated inside a chunk tag")
-
 // open checks the tag of a sealed chunk (ciphertext then tag) in constant
 // time and only then decrypts it in place. It returns the plaintext.
 func (c *chunker) open(mac hash.Hash, i uint64, final bool, sealed []byte) ([]byte, error) {
 	if len(sealed) < tagLen {
-		return nil, errShortChunk
+		return nil, &errTag{i, "the segment ends inside this chunk's tag (truncated)"}
 	}
 	ct, want := sealed[:len(sealed)-tagLen], sealed[len(sealed)-tagLen:]
 	var sum [tagLen]byte
