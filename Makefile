@@ -11,7 +11,7 @@ OUT   ?= out
 # database behind the front door in its test).
 DEBS := linux-image-amd64 systemd-boot-efi ovmf qemu-system-x86 qemu-utils \
         e2fsprogs dosfstools mtools cryptsetup-bin iproute2 nftables iputils-ping \
-        dnsmasq-base swtpm swtpm-tools iptables postgresql tcpdump lz4
+        dnsmasq-base swtpm swtpm-tools iptables postgresql tcpdump lz4 python3-cryptography
 
 export CGO_ENABLED := 0
 
