@@ -184,4 +184,3 @@ func cp(t *testing.T, from, to string) {
 		t.Fatal(err)
 	}
 }
-
