@@ -15,7 +15,7 @@ DEBS := linux-image-amd64 systemd-boot-efi ovmf qemu-system-x86 qemu-utils \
 
 export CGO_ENABLED := 0
 
-.PHONY: all deps image demo test check unit fuzz qemutest bench-boot bench-volumes bench-firewall bench-frontdoor bench-ipsec clean
+.PHONY: all deps image demo test check unit fuzz qemutest minio bench-boot bench-volumes bench-firewall bench-frontdoor bench-ipsec clean
 
 all: image
 
@@ -44,7 +44,14 @@ check:
 	if [ -n "$$unformatted" ]; then echo "gofmt needed: $$unformatted"; exit 1; fi
 	$(GO) vet ./...
 
-unit:
+# A real S3 server for the backup tests, built from the Go module proxy at
+# the version tools/minio/go.mod pins (a few minutes the first time).
+MINIO := $(OUT)/tools/minio
+minio: $(MINIO)
+$(MINIO): tools/minio/go.mod tools/minio/go.sum
+	cd tools/minio && $(GO) build -o $(abspath $(MINIO)) github.com/minio/minio
+
+unit: $(MINIO)
 	$(GO) test -count=1 -timeout 20m ./internal/... ./init/... ./image/... ./cmd/...
 
 fuzz:

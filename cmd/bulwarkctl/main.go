@@ -31,8 +31,16 @@ a running node (flags or BULWARK_NODE, BULWARK_CERT, BULWARK_KEY, BULWARK_CA):
   allowlist set CIDR...              replace the client allowlist (atomic)
   audit fetch [-o FILE]              download the node's audit log
   shutdown --wipe                    power the node off; its volumes are crypto-erased
-  backup | ipsec rekey               start a backup / an IPsec rekey
+  backup start | ipsec rekey         start a backup / an IPsec rekey
   node flags: --node HOST:PORT --cert FILE --key FILE --ca FILE
+
+backups (offline, with the service's keys; S3 credentials from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY):
+  backup keygen --out PREFIX         RSA-3072 pair: PREFIX.key (0600, stays off the nodes), PREFIX.pub
+  backup list --store STORE [--json]
+  backup verify --store STORE --key K[,K..] --node N --id ID     authenticate everything, write nothing
+  backup restore --store STORE --key K[,K..] --node N --id ID --to DIR|-
+  backup decrypt-legacy --key K [-o OUT] FILE                   pghoard/rohmu pghoa1 files
+  STORE: a directory, or s3://BUCKET[/PREFIX] --endpoint URL --region R [--allow-http]
 
 offline:
   audit verify FILE [--head HASH]    check an audit log's hash chain
@@ -90,7 +98,7 @@ func dispatch(args []string, stdout, stderr io.Writer) error {
 	case "shutdown":
 		return shutdownCommand(rest, stdout)
 	case "backup":
-		return postCommand("/v1/backup", rest, stdout)
+		return backupCommand(rest, stdout, stderr)
 	case "ipsec":
 		if sub != "rekey" {
 			return usageError{"ipsec: use rekey"}

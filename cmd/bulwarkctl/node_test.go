@@ -83,7 +83,7 @@ func TestCLIAgainstAManagementAPI(t *testing.T) {
 	if out := ctl(t, 0, with("allowlist", "get", "--json")...); !strings.Contains(out, `"fd00::/8"`) {
 		t.Fatal(out)
 	}
-	if out := ctl(t, 1, with("backup")...); !strings.Contains(out, "not available") {
+	if out := ctl(t, 1, with("backup", "start")...); !strings.Contains(out, "not available") {
 		t.Fatal(out)
 	}
 	ctl(t, 2, with("shutdown")...) // no --wipe

@@ -1,0 +1,150 @@
+// Package miniotest runs a real MinIO server for tests: the binary that
+// `make minio` builds from the Go module proxy at the version pinned in
+// tools/minio/go.mod.
+package miniotest
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/minio/minio-go/v7"
+	"github.com/minio/minio-go/v7/pkg/credentials"
+)
+
+// Credentials of every test server.
+const (
+	AccessKey = "bulwark-test"
+	SecretKey = "bulwark-test-secret"
+)
+
+// Binary finds the MinIO server: $BULWARK_MINIO, or out/tools/minio in
+// the repository.
+func Binary(t testing.TB) string {
+	t.Helper()
+	if p := os.Getenv("BULWARK_MINIO"); p != "" {
+		return p
+	}
+	_, file, _, _ := runtime.Caller(0)
+	p := filepath.Join(filepath.Dir(file), "../../../out/tools/minio")
+	if _, err := os.Stat(p); err != nil {
+		t.Fatalf("no MinIO server at %s: run `make minio` (make test does)", p)
+	}
+	return p
+}
+
+// Server is a MinIO server with its data directory.
+type Server struct {
+	t      testing.TB
+	Addr   string // host:port
+	Region string
+	dir    string
+	wrap   func(*exec.Cmd)
+	mu     sync.Mutex
+	cmd    *exec.Cmd
+}
+
+// Options say where the server listens and in which region it is. Wrap,
+// when set, may change the command before it starts (to run it in a
+// network namespace).
+type Options struct {
+	Addr   string // default: a free loopback port
+	Region string
+	Wrap   func(*exec.Cmd)
+}
+
+// Start starts a server and waits until it answers; it is stopped when the
+// test ends.
+func Start(t testing.TB, o Options) *Server {
+	t.Helper()
+	if o.Addr == "" {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		o.Addr = l.Addr().String()
+		l.Close()
+	}
+	s := &Server{t: t, Addr: o.Addr, Region: o.Region, dir: t.TempDir(), wrap: o.Wrap}
+	s.Restart()
+	t.Cleanup(s.Stop)
+	return s
+}
+
+// Endpoint is the server's URL.
+func (s *Server) Endpoint() string { return "http://" + s.Addr }
+
+// Stop kills the server (as a crash would) and waits for it.
+func (s *Server) Stop() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cmd == nil {
+		return
+	}
+	s.cmd.Process.Signal(syscall.SIGKILL)
+	s.cmd.Wait()
+	s.cmd = nil
+}
+
+// Restart starts the server again on the same address and data.
+func (s *Server) Restart() {
+	s.t.Helper()
+	s.Stop()
+	host, _, _ := net.SplitHostPort(s.Addr)
+	cmd := exec.Command(Binary(s.t), "server", "--quiet", "--address", s.Addr, "--console-address", net.JoinHostPort(host, "0"), s.dir)
+	cmd.Env = append(os.Environ(), "MINIO_ROOT_USER="+AccessKey, "MINIO_ROOT_PASSWORD="+SecretKey,
+		"MINIO_REGION="+s.Region, "MINIO_BROWSER=off", "MINIO_UPDATE=off", "HOME="+s.dir)
+	var log strings.Builder
+	cmd.Stdout, cmd.Stderr = &log, &log
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if s.wrap != nil {
+		s.wrap(cmd)
+	}
+	if err := cmd.Start(); err != nil {
+		s.t.Fatalf("starting MinIO: %v", err)
+	}
+	s.mu.Lock()
+	s.cmd = cmd
+	s.mu.Unlock()
+	if s.wrap != nil {
+		return // the caller cannot be reached from here; it waits itself
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		resp, err := http.Get(s.Endpoint() + "/minio/health/live")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			s.t.Fatalf("MinIO at %s did not come up: %v\n%s", s.Addr, err, log.String())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// MakeBucket creates a bucket in the server's region.
+func (s *Server) MakeBucket(t testing.TB, name string) {
+	t.Helper()
+	c, err := minio.New(s.Addr, &minio.Options{Creds: credentials.NewStaticV4(AccessKey, SecretKey, ""), Region: s.Region})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.MakeBucket(context.Background(), name, minio.MakeBucketOptions{Region: s.Region}); err != nil {
+		t.Fatalf("making bucket %s: %v", name, err)
+	}
+}
+
+func (s *Server) String() string { return fmt.Sprintf("MinIO %s (%s)", s.Addr, s.Region) }

@@ -1,0 +1,180 @@
+package objstore_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"errors"
+	"io"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/bulwarkvm/bulwark/internal/objstore"
+	"github.com/bulwarkvm/bulwark/internal/objstore/miniotest"
+)
+
+func s3Options(srv *miniotest.Server, bucket, region string) objstore.S3Options {
+	return objstore.S3Options{
+		Endpoint: srv.Endpoint(), AllowHTTP: true, Bucket: bucket, Prefix: "backups",
+		Region: region, AccessKey: miniotest.AccessKey, SecretKey: miniotest.SecretKey,
+		PartSize: 5 << 20, Attempts: 8, Backoff: 500 * time.Millisecond,
+	}
+}
+
+func TestS3(t *testing.T) {
+	srv := miniotest.Start(t, miniotest.Options{Region: "eu-north-1"})
+	srv.MakeBucket(t, "bulwark")
+	ctx := context.Background()
+
+	t.Run("region pinning", func(t *testing.T) {
+		_, err := objstore.NewS3(ctx, s3Options(srv, "bulwark", "us-east-1"))
+		var re *objstore.RegionError
+		if !errors.As(err, &re) || re.BucketRegion != "eu-north-1" || !strings.Contains(err.Error(), `this node is in region "us-east-1"`) {
+			t.Fatalf("a bucket in another region: %v", err)
+		}
+	})
+	t.Run("plain http needs consent", func(t *testing.T) {
+		o := s3Options(srv, "bulwark", "eu-north-1")
+		o.AllowHTTP = false
+		if _, err := objstore.NewS3(ctx, o); err == nil || !strings.Contains(err.Error(), "allow_http") {
+			t.Fatalf("plain http accepted: %v", err)
+		}
+	})
+	t.Run("missing bucket", func(t *testing.T) {
+		_, err := objstore.NewS3(ctx, s3Options(srv, "nope", "eu-north-1"))
+		if err == nil || !strings.Contains(err.Error(), `bucket "nope"`) {
+			t.Fatalf("%v", err)
+		}
+	})
+
+	st, err := objstore.NewS3(ctx, s3Options(srv, "bulwark", "eu-north-1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Run("put get list delete", func(t *testing.T) {
+		data := make([]byte, 12<<20+7) // three multipart parts
+		rand.Read(data)
+		if err := st.Put(ctx, "n/1/seg-00000000", bytes.NewReader(data), int64(len(data))); err != nil {
+			t.Fatal(err)
+		}
+		// The same name again replaces it (idempotent names).
+		if err := st.Put(ctx, "n/1/seg-00000000", bytes.NewReader(data), int64(len(data))); err != nil {
+			t.Fatal(err)
+		}
+		rc, err := st.Get(ctx, "n/1/seg-00000000")
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := io.ReadAll(rc)
+		rc.Close()
+		if err != nil || !bytes.Equal(got, data) {
+			t.Fatalf("read back %d bytes: %v", len(got), err)
+		}
+		objs, err := st.List(ctx, "n/")
+		if err != nil || len(objs) != 1 || objs[0].Name != "n/1/seg-00000000" || objs[0].Size != int64(len(data)) {
+			t.Fatalf("List: %+v %v", objs, err)
+		}
+		if _, err := st.Get(ctx, "n/1/nothing"); !errors.Is(err, objstore.ErrNotFound) {
+			t.Fatalf("missing object: %v", err)
+		}
+		if err := st.Delete(ctx, "n/1/seg-00000000"); err != nil {
+			t.Fatal(err)
+		}
+		if err := st.Put(ctx, "../x", bytes.NewReader(nil), 0); err == nil {
+			t.Fatal("a name with .. accepted")
+		}
+	})
+	t.Run("server killed during a multipart upload", func(t *testing.T) {
+		data := make([]byte, 24<<20)
+		rand.Read(data)
+		// Kill the server once 8 MiB have been read, start it again two
+		// seconds later; the upload must finish whole.
+		var once sync.Once
+		r := &tripReader{r: bytes.NewReader(data), at: 8 << 20, trip: func() {
+			once.Do(func() {
+				srv.Stop()
+				go func() {
+					time.Sleep(2 * time.Second)
+					srv.Restart()
+				}()
+			})
+		}}
+		if err := st.Put(ctx, "n/2/seg-00000000", r, int64(len(data))); err != nil {
+			t.Fatalf("upload across a server restart: %v", err)
+		}
+		if !r.tripped {
+			t.Fatal("the server was never stopped")
+		}
+		rc, err := st.Get(ctx, "n/2/seg-00000000")
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, _ := io.ReadAll(rc)
+		rc.Close()
+		if !bytes.Equal(got, data) {
+			t.Fatalf("stored object differs (%d bytes)", len(got))
+		}
+	})
+	t.Run("server gone for good", func(t *testing.T) {
+		o := s3Options(srv, "bulwark", "eu-north-1")
+		o.Attempts, o.Backoff = 3, 100*time.Millisecond
+		st, err := objstore.NewS3(ctx, o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		srv.Stop()
+		defer srv.Restart()
+		err = st.Put(ctx, "n/3/seg-00000000", bytes.NewReader([]byte("x")), 1)
+		if err == nil || !strings.Contains(err.Error(), "gave up after 3 attempts") {
+			t.Fatalf("want a clear failure, got %v", err)
+		}
+	})
+}
+
+// tripReader calls trip once at offset at; it is a ReadSeeker so that
+// retries can rewind.
+type tripReader struct {
+	r       *bytes.Reader
+	at      int64
+	trip    func()
+	tripped bool
+}
+
+func (t *tripReader) Read(p []byte) (int, error) {
+	pos, _ := t.r.Seek(0, io.SeekCurrent)
+	if !t.tripped && pos+int64(len(p)) >= t.at {
+		t.tripped = true
+		t.trip()
+	}
+	return t.r.Read(p)
+}
+
+func (t *tripReader) Seek(off int64, whence int) (int64, error) { return t.r.Seek(off, whence) }
+
+func TestDir(t *testing.T) {
+	st, err := objstore.NewDir(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if err := st.Put(ctx, "a/b/c", strings.NewReader("hello"), 5); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Put(ctx, "a/b/d", strings.NewReader("hello"), 6); err == nil {
+		t.Fatal("a short read was stored")
+	}
+	objs, err := st.List(ctx, "a/")
+	if err != nil || len(objs) != 1 || objs[0].Name != "a/b/c" {
+		t.Fatalf("%+v %v", objs, err)
+	}
+	for _, bad := range []string{"", "/etc/passwd", "../x", "a/../../x", "a//b"} {
+		if err := st.Put(ctx, bad, strings.NewReader(""), 0); err == nil {
+			t.Errorf("name %q accepted", bad)
+		}
+	}
+	if _, err := st.Get(ctx, "a/none"); !errors.Is(err, objstore.ErrNotFound) {
+		t.Fatal(err)
+	}
+}
