@@ -53,6 +53,7 @@ type boot struct {
 	doors     []door
 	volumes   []*volume.Volume
 	ipsec     *ipsec.Manager
+	backups   *backups
 	// bgModules carries the result of the background module load
 	// (awaitModules).
 	bgModules chan error

@@ -28,6 +28,7 @@ func main() {
 	b.stage("ipsec", startIPsec)              // ESP-only policies, keying with peers over mTLS
 	b.stage("volumes", setUpVolumes)          // fresh key, LUKS2, dm-crypt, ext4, mount
 	b.stage("workload", startWorkload)        // the database, unprivileged, owns the volumes
+	b.stage("backup", startBackups)           // public key only, store in the node's region, schedule
 	b.stage("services", startServices)        // TLS front door, mTLS management API
 
 	b.ready()           // readiness report, then "bulwark: ready"

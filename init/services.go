@@ -106,7 +106,7 @@ func (b *boot) Status() any {
 		Config:   b.cfgDigest,
 		Uptime:   time.Since(b.start).Round(time.Second).String(),
 		IPsec:    "not configured on this node",
-		Backups:  "not configured on this node",
+		Backups:  b.backupStatus(),
 	}
 	for _, r := range b.results {
 		st.Stages = append(st.Stages, stage{r.name, r.status, float64(r.duration.Microseconds()) / 1000, r.detail})
@@ -159,7 +159,6 @@ func (b *boot) SetAllowlist(entries []string) (string, error) {
 }
 
 // Backup is not available until the backup encryptor exists.
-func (b *boot) Backup() error { return fmt.Errorf("backups: %w", mgmt.ErrNotAvailable) }
 
 // Rekey forces a new key generation with every IPsec peer.
 func (b *boot) Rekey() error {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
@@ -154,10 +155,18 @@ func TestSpoolAndCommandFailures(t *testing.T) {
 
 	// A command that writes, then fails.
 	cmd := exec.Command("sh", "-c", "head -c 3000000 /dev/zero; echo broken >&2; exit 3")
-	r, err := backup.Command(ctx, cmd)
-	if err != nil {
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil || cmd.Start() != nil {
 		t.Fatal(err)
 	}
+	r := backup.Checked(out, func() error {
+		if err := cmd.Wait(); err != nil {
+			return fmt.Errorf("%w: %s", err, strings.TrimSpace(stderr.String()))
+		}
+		return nil
+	})
 	_, err = backup.Write(ctx, r, o)
 	r.Close()
 	if err == nil || !strings.Contains(err.Error(), "exit status 3: broken") {

@@ -25,6 +25,7 @@ const (
 	KindConfig   = "config"
 	KindRequest  = "request" // a management API call, allowed or refused
 	KindShutdown = "shutdown"
+	KindBackup   = "backup"
 )
 
 // Genesis is the prev of the first record.

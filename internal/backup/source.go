@@ -8,7 +8,6 @@ import (
 	"io"
 	"io/fs"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -86,65 +85,38 @@ func Tree(dir string, skip ...string) io.ReadCloser {
 	return pr
 }
 
-// Command runs argv and returns its standard output as a stream. The
-// stream ends with an error, not EOF, if the command fails, so a failed
-// command never yields a complete backup. cmd may set the process
-// attributes (user, environment) before the start; stderr is kept for the
-// error.
-func Command(ctx context.Context, cmd *exec.Cmd) (io.ReadCloser, error) {
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		return nil, err
-	}
-	var stderr strings.Builder
-	if cmd.Stderr == nil {
-		cmd.Stderr = &limited{w: &stderr, n: 4096}
-	}
-	if err := cmd.Start(); err != nil {
-		return nil, err
-	}
-	return &commandReader{r: out, cmd: cmd, stderr: &stderr}, nil
+// Checked returns r as a stream that, at its end, calls wait (which waits
+// for the program writing r) and ends with wait's error instead of EOF when
+// the program failed: a failed command never yields a complete backup.
+// Closing the stream early closes r and still calls wait once.
+func Checked(r io.ReadCloser, wait func() error) io.ReadCloser {
+	return &checked{r: r, wait: wait}
 }
 
-type commandReader struct {
-	r      io.Reader
-	cmd    *exec.Cmd
-	stderr *strings.Builder
-	done   bool
+type checked struct {
+	r    io.ReadCloser
+	wait func() error
+	done bool
 }
 
-func (c *commandReader) Read(p []byte) (int, error) {
+func (c *checked) Read(p []byte) (int, error) {
 	n, err := c.r.Read(p)
 	if err == io.EOF && !c.done {
 		c.done = true
-		if werr := c.cmd.Wait(); werr != nil {
-			return n, fmt.Errorf("backup source %s: %w: %s", c.cmd.Path, werr, strings.TrimSpace(c.stderr.String()))
+		if werr := c.wait(); werr != nil {
+			return n, fmt.Errorf("backup source: %w", werr)
 		}
 	}
 	return n, err
 }
 
-func (c *commandReader) Close() error {
+func (c *checked) Close() error {
+	err := c.r.Close()
 	if !c.done {
 		c.done = true
-		c.cmd.Process.Kill()
-		c.cmd.Wait()
+		c.wait()
 	}
-	return nil
-}
-
-type limited struct {
-	w io.Writer
-	n int
-}
-
-func (l *limited) Write(p []byte) (int, error) {
-	if l.n > 0 {
-		k := min(len(p), l.n)
-		l.w.Write(p[:k])
-		l.n -= k
-	}
-	return len(p), nil
+	return err
 }
 
 // SpoolResult reports one run over a spool directory.

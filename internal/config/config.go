@@ -42,6 +42,66 @@ type Config struct {
 	FrontDoor []FrontDoor `json:"front_door,omitempty"`
 	// IPsec keys ESP with the service's other nodes.
 	IPsec *IPsec `json:"ipsec,omitempty"`
+	// Backup runs the backup encryptor (docs/backup-format.md).
+	Backup *Backup `json:"backup,omitempty"`
+}
+
+// Backup configures the backup encryptor: what to back up, the service's
+// public key to encrypt for, and the object store in the node's region.
+type Backup struct {
+	// Region is the node's region; the store must be in it.
+	Region string `json:"region"`
+	// PublicKey is the service's RSA-3072 public key, PEM (PKIX). The
+	// private key never enters the node.
+	PublicKey string `json:"public_key"`
+	// Store is where the encrypted objects go: exactly one of Dir and S3.
+	Store BackupStore `json:"store"`
+	// SegmentMiB is the plaintext size of a segment; default 64.
+	SegmentMiB int `json:"segment_mib,omitempty"`
+	// IntervalSeconds runs every source on this interval (60 to 604800);
+	// 0 means on request only (management API).
+	IntervalSeconds int `json:"interval_seconds,omitempty"`
+	// Sources are backed up in order at each run.
+	Sources []BackupSource `json:"sources"`
+}
+
+// BackupStore names the object store.
+type BackupStore struct {
+	// Dir is a directory on the node (a data volume path); mostly for
+	// tests and for copying out by other means.
+	Dir string `json:"dir,omitempty"`
+	S3  *S3    `json:"s3,omitempty"`
+}
+
+// S3 is a bucket of an S3-compatible service.
+type S3 struct {
+	// Endpoint is https://host[:port]; the host must be reachable through
+	// firewall.egress.backup.
+	Endpoint string `json:"endpoint"`
+	// AllowHTTP accepts a plain http endpoint (a private test network).
+	AllowHTTP bool   `json:"allow_http,omitempty"`
+	Bucket    string `json:"bucket"`
+	Prefix    string `json:"prefix,omitempty"`
+	AccessKey string `json:"access_key"`
+	SecretKey string `json:"secret_key"`
+}
+
+// BackupSource is one thing to back up.
+type BackupSource struct {
+	// Kind is "tree" (a directory, as a tar stream), "command" (the
+	// standard output of Command, run as the workload's user) or "spool"
+	// (each file in a directory as its own backup, removed once stored).
+	Kind    string   `json:"kind"`
+	Path    string   `json:"path,omitempty"`
+	Command []string `json:"command,omitempty"`
+}
+
+// EffectiveSegmentMiB is the segment size with its default.
+func (b *Backup) EffectiveSegmentMiB() int {
+	if b.SegmentMiB == 0 {
+		return 64
+	}
+	return b.SegmentMiB
 }
 
 // IPsec is the node-to-node encryption: every packet between this node's

@@ -1,6 +1,11 @@
 package config
 
 import (
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"encoding/json"
+	"encoding/pem"
 	"os"
 	"path/filepath"
 	"strings"
@@ -141,4 +146,62 @@ func FuzzParse(f *testing.F) {
 			t.Fatalf("unprefixed error %v", err)
 		}
 	})
+}
+
+// backupDoc is a node with one volume, a workload and a backup section;
+// mutate replaces one field of the backup section.
+func backupDoc(t *testing.T, bits int, mutate string) string {
+	t.Helper()
+	k, err := rsa.GenerateKey(rand.Reader, bits)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, _ := x509.MarshalPKIXPublicKey(&k.PublicKey)
+	key, _ := json.Marshal(string(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der})))
+	sec := `"region":"eu-north-1","public_key":` + string(key) + `,
+		"store":{"s3":{"endpoint":"https://10.99.0.40:9000","bucket":"backups","access_key":"a","secret_key":"s"}},
+		"sources":[{"kind":"tree","path":"/data/pg"},{"kind":"spool","path":"/data/wal"},{"kind":"command","command":["/usr/bin/pg_basebackup","-D","-"]}]`
+	if mutate != "" {
+		sec = mutate
+	}
+	if strings.HasPrefix(mutate, "+") {
+		sec = `"public_key":` + string(key) + `,` + mutate[1:]
+	}
+	return `{"version":1,"hostname":"n1","volumes":[{"name":"data","serial":"d0","mount":"/data"}],
+		"workload":{"command":["/usr/bin/x"],"uid":70,"gid":70},
+		"firewall":{"egress":{"backup":[{"address":"10.99.0.40","port":9000}]}},
+		"backup":{` + sec + `}}`
+}
+
+func TestBackupSection(t *testing.T) {
+	c, err := Parse([]byte(backupDoc(t, 3072, "")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Backup.EffectiveSegmentMiB() != 64 || len(c.Backup.Sources) != 3 {
+		t.Fatalf("%+v", c.Backup)
+	}
+	store := `"store":{"dir":"/data/bk"},"sources":[{"kind":"tree","path":"/data"}]`
+	for _, tc := range []struct{ name, mutate, want string }{
+		{"no region", `+"store":{"dir":"/data/bk"},"sources":[{"kind":"tree","path":"/data"}]`, "backup.region"},
+		{"two stores", `+"region":"r","store":{"dir":"/data/bk","s3":{"endpoint":"https://a","bucket":"bkt","access_key":"a","secret_key":"s"}},"sources":[{"kind":"tree","path":"/data"}]`, "backup.store: give exactly one"},
+		{"no store", `+"region":"r","store":{},"sources":[{"kind":"tree","path":"/data"}]`, "backup.store: give exactly one"},
+		{"http", `+"region":"r","store":{"s3":{"endpoint":"http://10.99.0.40:9000","bucket":"bkt","access_key":"a","secret_key":"s"}},"sources":[{"kind":"tree","path":"/data"}]`, "must be https"},
+		{"not in egress", `+"region":"r","store":{"s3":{"endpoint":"https://10.99.0.41:9000","bucket":"bkt","access_key":"a","secret_key":"s"}},"sources":[{"kind":"tree","path":"/data"}]`, "not in firewall.egress.backup"},
+		{"bucket", `+"region":"r","store":{"s3":{"endpoint":"https://10.99.0.40:9000","bucket":"Bad_Bucket","access_key":"a","secret_key":"s"}},"sources":[{"kind":"tree","path":"/data"}]`, "backup.store.s3.bucket"},
+		{"no keys", `+"region":"r","store":{"s3":{"endpoint":"https://10.99.0.40:9000","bucket":"bkt"}},"sources":[{"kind":"tree","path":"/data"}]`, "access_key and secret_key"},
+		{"path off volume", `+"region":"r",` + strings.Replace(store, `"path":"/data"`, `"path":"/etc"`, 1), "backup.sources[0].path"},
+		{"kind", `+"region":"r",` + strings.Replace(store, `"tree"`, `"disk"`, 1), "backup.sources[0].kind"},
+		{"no sources", `+"region":"r","store":{"dir":"/data/bk"},"sources":[]`, "backup.sources: 0 sources"},
+		{"interval", `+"region":"r","interval_seconds":5,` + store, "backup.interval_seconds: 5"},
+		{"segment", `+"region":"r","segment_mib":9000,` + store, "backup.segment_mib: 9000"},
+		{"command relative", `+"region":"r","store":{"dir":"/data/bk"},"sources":[{"kind":"command","command":["pg_basebackup"]}]`, "backup.sources[0].command"},
+	} {
+		if _, err := Parse([]byte(backupDoc(t, 3072, tc.mutate))); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: error %v, want %q", tc.name, err, tc.want)
+		}
+	}
+	if _, err := Parse([]byte(backupDoc(t, 2048, ""))); err == nil || !strings.Contains(err.Error(), "backup.public_key: an RSA key of 2048 bits, not 3072") {
+		t.Errorf("2048-bit key: %v", err)
+	}
 }

@@ -1,13 +1,17 @@
 package config
 
 import (
+	"crypto/rsa"
 	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"math/big"
 	"net/netip"
+	"net/url"
 	"path"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -60,7 +64,155 @@ func (c *Config) Validate() error {
 		return err
 	}
 	if c.IPsec != nil {
-		return c.validateIPsec()
+		if err := c.validateIPsec(); err != nil {
+			return err
+		}
+	}
+	if c.Backup != nil {
+		return c.validateBackup()
+	}
+	return nil
+}
+
+func (c *Config) validateBackup() error {
+	b := c.Backup
+	if b.Region == "" || len(b.Region) > 64 || strings.ContainsAny(b.Region, " /\"") {
+		return fmt.Errorf("backup.region: %q is not a region name", b.Region)
+	}
+	if err := checkBackupKey(b.PublicKey); err != nil {
+		return fmt.Errorf("backup.public_key: %w", err)
+	}
+	if len(c.Volumes) == 0 {
+		return errors.New("backup: needs a data volume (segments are staged on the first one before upload)")
+	}
+	switch st := b.Store; {
+	case (st.Dir == "") == (st.S3 == nil):
+		return errors.New("backup.store: give exactly one of dir and s3")
+	case st.Dir != "":
+		if !path.IsAbs(st.Dir) || path.Clean(st.Dir) != st.Dir {
+			return fmt.Errorf("backup.store.dir: %q is not a clean absolute path", st.Dir)
+		}
+	default:
+		if err := c.validateS3(st.S3); err != nil {
+			return err
+		}
+	}
+	if b.SegmentMiB != 0 && (b.SegmentMiB < 1 || b.SegmentMiB > 4096) {
+		return fmt.Errorf("backup.segment_mib: %d is out of range (1 to 4096)", b.SegmentMiB)
+	}
+	if b.IntervalSeconds != 0 && (b.IntervalSeconds < 60 || b.IntervalSeconds > 604800) {
+		return fmt.Errorf("backup.interval_seconds: %d is out of range (60 to 604800, or 0 for on request only)", b.IntervalSeconds)
+	}
+	if len(b.Sources) == 0 || len(b.Sources) > 16 {
+		return fmt.Errorf("backup.sources: %d sources; give 1 to 16", len(b.Sources))
+	}
+	for i, src := range b.Sources {
+		at := fmt.Sprintf("backup.sources[%d]", i)
+		switch src.Kind {
+		case "tree", "spool":
+			if len(src.Command) > 0 {
+				return fmt.Errorf("%s.command: only a command source has one", at)
+			}
+			if !c.onVolume(src.Path) {
+				return fmt.Errorf("%s.path: %q is not a clean absolute path on a data volume", at, src.Path)
+			}
+		case "command":
+			if src.Path != "" {
+				return fmt.Errorf("%s.path: a command source has no path", at)
+			}
+			if len(src.Command) == 0 || !path.IsAbs(src.Command[0]) {
+				return fmt.Errorf("%s.command: give the program as an absolute path, then its arguments", at)
+			}
+			if c.Workload == nil {
+				return fmt.Errorf("%s: a command source runs as the workload's user; there is no workload", at)
+			}
+		default:
+			return fmt.Errorf("%s.kind: %q is not tree, command or spool", at, src.Kind)
+		}
+	}
+	return nil
+}
+
+// onVolume says whether p is a clean absolute path at or below a volume's
+// mount point.
+func (c *Config) onVolume(p string) bool {
+	if !path.IsAbs(p) || path.Clean(p) != p {
+		return false
+	}
+	for _, v := range c.Volumes {
+		if p == v.Mount || strings.HasPrefix(p, v.Mount+"/") {
+			return true
+		}
+	}
+	return false
+}
+
+func (c *Config) validateS3(s *S3) error {
+	u, err := url.Parse(s.Endpoint)
+	if err != nil || u.Host == "" || (u.Path != "" && u.Path != "/") || u.User != nil || u.RawQuery != "" {
+		return fmt.Errorf("backup.store.s3.endpoint: %q is not https://host[:port]", s.Endpoint)
+	}
+	if u.Scheme != "https" && !(u.Scheme == "http" && s.AllowHTTP) {
+		return fmt.Errorf("backup.store.s3.endpoint: %q must be https (or set allow_http)", s.Endpoint)
+	}
+	if n := len(s.Bucket); n < 3 || n > 63 || strings.ToLower(s.Bucket) != s.Bucket || strings.ContainsAny(s.Bucket, "/ _") {
+		return fmt.Errorf("backup.store.s3.bucket: %q is not an S3 bucket name", s.Bucket)
+	}
+	if s.AccessKey == "" || s.SecretKey == "" {
+		return errors.New("backup.store.s3: access_key and secret_key are required")
+	}
+	// An IP endpoint must be open in the firewall's egress, or every
+	// upload would be refused at the node's own firewall.
+	if addr, err := netip.ParseAddr(u.Hostname()); err == nil {
+		port := 443
+		if u.Scheme == "http" {
+			port = 80
+		}
+		if p := u.Port(); p != "" {
+			port, _ = strconv.Atoi(p)
+		}
+		if !c.egressAllows(addr, port) {
+			return fmt.Errorf("backup.store.s3.endpoint: %s port %d is not in firewall.egress.backup, so the firewall would refuse every upload", addr, port)
+		}
+	}
+	return nil
+}
+
+func (c *Config) egressAllows(a netip.Addr, port int) bool {
+	if c.Firewall == nil {
+		return false
+	}
+	for _, e := range c.Firewall.Egress.Backup {
+		if e.Port != port {
+			continue
+		}
+		if p, err := netip.ParsePrefix(e.Address); err == nil && p.Contains(a) {
+			return true
+		}
+		if b, err := netip.ParseAddr(e.Address); err == nil && b == a {
+			return true
+		}
+	}
+	return false
+}
+
+// checkBackupKey checks that s is a PEM RSA-3072 public key. (The backup
+// package parses it the same way; the config package stays free of it.)
+func checkBackupKey(s string) error {
+	blk, _ := pem.Decode([]byte(s))
+	if blk == nil || blk.Type != "PUBLIC KEY" {
+		return errors.New(`no PEM "PUBLIC KEY" block`)
+	}
+	k, err := x509.ParsePKIXPublicKey(blk.Bytes)
+	if err != nil {
+		return err
+	}
+	rk, ok := k.(*rsa.PublicKey)
+	if !ok {
+		return fmt.Errorf("a %T key, not RSA", k)
+	}
+	if rk.N.BitLen() != 3072 {
+		return fmt.Errorf("an RSA key of %d bits, not 3072", rk.N.BitLen())
 	}
 	return nil
 }

@@ -29,6 +29,9 @@ import (
 // ErrNotAvailable answers actions whose subsystem this node does not run.
 var ErrNotAvailable = errors.New("not available on this node")
 
+// ErrBusy answers an action that is already under way.
+var ErrBusy = errors.New("busy")
+
 // Node is what the API acts on; the init implements it.
 type Node interface {
 	Status() any
@@ -314,6 +317,9 @@ func (s *Server) serve(rt route, r *http.Request) (int, any, string) {
 		return 200, auditSnapshot{b, head, n}, ""
 	case "POST /v1/backup":
 		if err := s.o.Node.Backup(); err != nil {
+			if errors.Is(err, ErrBusy) {
+				return fail(409, err)
+			}
 			return fail(501, err)
 		}
 		return 202, map[string]string{"result": "backup started"}, ""

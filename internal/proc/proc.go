@@ -128,9 +128,11 @@ type Spec struct {
 	UID, GID uint32
 	Dir      string
 	Env      []string // default: PATH and LC_ALL=C
-	// Stdout receives the child's standard output and error; nil means
-	// /dev/null. Standard input is always /dev/null.
+	// Stdout receives the child's standard output, and its standard
+	// error unless Stderr is set; nil means /dev/null. Standard input is
+	// always /dev/null.
 	Stdout *os.File
+	Stderr *os.File
 }
 
 // Process is a child started by Start.
@@ -159,6 +161,10 @@ func Start(s Spec) (*Process, error) {
 	if out == nil {
 		out = devnull
 	}
+	errOut := s.Stderr
+	if errOut == nil {
+		errOut = out
+	}
 	env := s.Env
 	if env == nil {
 		env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C"}
@@ -170,7 +176,7 @@ func Start(s Spec) (*Process, error) {
 	done := make(chan unix.WaitStatus, 1)
 	mu.Lock()
 	r := reaping
-	p, err := os.StartProcess(path, s.Argv, &os.ProcAttr{Dir: s.Dir, Files: []*os.File{devnull, out, out}, Env: env, Sys: sys})
+	p, err := os.StartProcess(path, s.Argv, &os.ProcAttr{Dir: s.Dir, Files: []*os.File{devnull, out, errOut}, Env: env, Sys: sys})
 	if err == nil && r {
 		if st, ok := early[p.Pid]; ok {
 			delete(early, p.Pid)

@@ -476,7 +476,16 @@ func (vm *VM) kill() {
 }
 
 // qmp runs one QMP command.
-func (vm *VM) qmp(command string) error {
+// DumpMemory writes the guest's physical memory to path (an ELF core
+// file, QMP dump-guest-memory), for tests that look for what the node
+// must never hold.
+func (vm *VM) DumpMemory(path string) error {
+	return vm.qmpArgs("dump-guest-memory", map[string]any{"paging": false, "protocol": "file:" + path})
+}
+
+func (vm *VM) qmp(command string) error { return vm.qmpArgs(command, nil) }
+
+func (vm *VM) qmpArgs(command string, args map[string]any) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	var d net.Dialer
@@ -485,14 +494,19 @@ func (vm *VM) qmp(command string) error {
 		return fmt.Errorf("qmp: %w", err)
 	}
 	defer conn.Close()
-	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	conn.SetDeadline(time.Now().Add(60 * time.Second))
 	dec := json.NewDecoder(conn)
 	var greeting map[string]any
 	if err := dec.Decode(&greeting); err != nil {
 		return fmt.Errorf("qmp greeting: %w", err)
 	}
 	for _, c := range []string{"qmp_capabilities", command} {
-		if _, err := fmt.Fprintf(conn, `{"execute":%q}`+"\n", c); err != nil {
+		req := map[string]any{"execute": c}
+		if c == command && args != nil {
+			req["arguments"] = args
+		}
+		b, _ := json.Marshal(req)
+		if _, err := conn.Write(append(b, '\n')); err != nil {
 			return fmt.Errorf("qmp %s: %w", c, err)
 		}
 		for {

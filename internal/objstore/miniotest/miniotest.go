@@ -49,18 +49,21 @@ type Server struct {
 	Addr   string // host:port
 	Region string
 	dir    string
-	wrap   func(*exec.Cmd)
+	netns  string
+	client *http.Client
 	mu     sync.Mutex
 	cmd    *exec.Cmd
+	exited chan struct{}
 }
 
-// Options say where the server listens and in which region it is. Wrap,
-// when set, may change the command before it starts (to run it in a
-// network namespace).
+// Options say where the server listens and in which region it is.
 type Options struct {
 	Addr   string // default: a free loopback port
 	Region string
-	Wrap   func(*exec.Cmd)
+	// Netns runs the server in that network namespace (ip netns exec),
+	// and Dial reaches it there; both or neither.
+	Netns string
+	Dial  func(ctx context.Context, network, addr string) (net.Conn, error)
 }
 
 // Start starts a server and waits until it answers; it is stopped when the
@@ -75,7 +78,11 @@ func Start(t testing.TB, o Options) *Server {
 		o.Addr = l.Addr().String()
 		l.Close()
 	}
-	s := &Server{t: t, Addr: o.Addr, Region: o.Region, dir: t.TempDir(), wrap: o.Wrap}
+	tr := &http.Transport{DisableKeepAlives: true}
+	if o.Dial != nil {
+		tr.DialContext = o.Dial
+	}
+	s := &Server{t: t, Addr: o.Addr, Region: o.Region, dir: t.TempDir(), netns: o.Netns, client: &http.Client{Transport: tr, Timeout: 5 * time.Second}}
 	s.Restart()
 	t.Cleanup(s.Stop)
 	return s
@@ -92,7 +99,7 @@ func (s *Server) Stop() {
 		return
 	}
 	s.cmd.Process.Signal(syscall.SIGKILL)
-	s.cmd.Wait()
+	<-s.exited
 	s.cmd = nil
 }
 
@@ -101,27 +108,39 @@ func (s *Server) Restart() {
 	s.t.Helper()
 	s.Stop()
 	host, _, _ := net.SplitHostPort(s.Addr)
-	cmd := exec.Command(Binary(s.t), "server", "--quiet", "--address", s.Addr, "--console-address", net.JoinHostPort(host, "0"), s.dir)
+	args := []string{Binary(s.t), "server", "--quiet", "--address", s.Addr, "--console-address", net.JoinHostPort(host, "0"), s.dir}
+	if s.netns != "" {
+		// ip netns exec execs the server, so the process is MinIO itself.
+		args = append([]string{"ip", "netns", "exec", s.netns}, args...)
+	}
+	cmd := exec.Command(args[0], args[1:]...)
 	cmd.Env = append(os.Environ(), "MINIO_ROOT_USER="+AccessKey, "MINIO_ROOT_PASSWORD="+SecretKey,
 		"MINIO_REGION="+s.Region, "MINIO_BROWSER=off", "MINIO_UPDATE=off", "HOME="+s.dir)
 	var log strings.Builder
 	cmd.Stdout, cmd.Stderr = &log, &log
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if s.wrap != nil {
-		s.wrap(cmd)
-	}
-	if err := cmd.Start(); err != nil {
+	// Pdeathsig fires when the thread that started the child ends, so
+	// the child is started, and waited for, on a thread kept for it.
+	started, exited := make(chan error, 1), make(chan struct{})
+	go func() {
+		runtime.LockOSThread()
+		defer close(exited)
+		if err := cmd.Start(); err != nil {
+			started <- err
+			return
+		}
+		started <- nil
+		cmd.Wait()
+	}()
+	if err := <-started; err != nil {
 		s.t.Fatalf("starting MinIO: %v", err)
 	}
 	s.mu.Lock()
-	s.cmd = cmd
+	s.cmd, s.exited = cmd, exited
 	s.mu.Unlock()
-	if s.wrap != nil {
-		return // the caller cannot be reached from here; it waits itself
-	}
 	deadline := time.Now().Add(60 * time.Second)
 	for {
-		resp, err := http.Get(s.Endpoint() + "/minio/health/live")
+		resp, err := s.client.Get(s.Endpoint() + "/minio/health/live")
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == 200 {
@@ -138,7 +157,7 @@ func (s *Server) Restart() {
 // MakeBucket creates a bucket in the server's region.
 func (s *Server) MakeBucket(t testing.TB, name string) {
 	t.Helper()
-	c, err := minio.New(s.Addr, &minio.Options{Creds: credentials.NewStaticV4(AccessKey, SecretKey, ""), Region: s.Region})
+	c, err := minio.New(s.Addr, &minio.Options{Creds: credentials.NewStaticV4(AccessKey, SecretKey, ""), Region: s.Region, Transport: s.client.Transport})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,290 @@
+package main
+
+import (
+	"context"
+	"crypto/rsa"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/bulwarkvm/bulwark/internal/audit"
+	"github.com/bulwarkvm/bulwark/internal/backup"
+	"github.com/bulwarkvm/bulwark/internal/config"
+	"github.com/bulwarkvm/bulwark/internal/mgmt"
+	"github.com/bulwarkvm/bulwark/internal/objstore"
+	"github.com/bulwarkvm/bulwark/internal/proc"
+)
+
+// startBackups sets up the backup encryptor: the service's public key (the
+// private key never enters the node), the object store, which must be in
+// the node's region, a staging directory on the first data volume, and the
+// schedule. A bucket in another region is fatal; a store that cannot be
+// reached yet is a warning, and every run tries again.
+func startBackups(b *boot) (string, error) {
+	s := b.cfg.Backup
+	if s == nil {
+		return "not configured", nil
+	}
+	pub, err := backup.ParsePublicKey([]byte(s.PublicKey))
+	if err != nil {
+		return "", err
+	}
+	keyID, err := backup.IDOf(pub)
+	if err != nil {
+		return "", err
+	}
+	staging := filepath.Join(b.cfg.Volumes[0].Mount, ".bulwark", "backup-staging")
+	if err := os.MkdirAll(staging, 0o700); err != nil {
+		return "", fmt.Errorf("backup: staging directory: %w", err)
+	}
+	r := &backups{b: b, cfg: s, pub: pub, staging: staging}
+	r.ctx, r.cancel = context.WithCancel(context.Background())
+	b.backups = r
+	detail := fmt.Sprintf("%d sources, key %s…, region %s", len(s.Sources), keyID.String()[:16], s.Region)
+	ctx, cancel := context.WithTimeout(r.ctx, 20*time.Second)
+	_, err = r.store(ctx)
+	cancel()
+	var re *objstore.RegionError
+	switch {
+	case errors.As(err, &re):
+		return "", err
+	case err != nil:
+		b.log.Warn("backup store not reachable yet; each run tries again", "err", err)
+		detail += "; store not reachable yet"
+	default:
+		detail += "; " + r.st.String()
+	}
+	if s.IntervalSeconds > 0 {
+		every := time.Duration(s.IntervalSeconds) * time.Second
+		detail += fmt.Sprintf(", every %s", every)
+		b.goSafe("backup schedule", func() {
+			t := time.NewTicker(every)
+			defer t.Stop()
+			for {
+				select {
+				case <-r.ctx.Done():
+					return
+				case <-t.C:
+					r.start("schedule")
+				}
+			}
+		})
+	} else {
+		detail += ", on request"
+	}
+	b.onShutdown("stop backups", func(ctx context.Context) error {
+		r.cancel()
+		r.wg.Wait()
+		return nil
+	})
+	if err != nil {
+		return detail, warning{detail}
+	}
+	return detail, nil
+}
+
+// backups runs backup rounds, one at a time.
+type backups struct {
+	b       *boot
+	cfg     *config.Backup
+	pub     *rsa.PublicKey
+	staging string
+	ctx     context.Context
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
+
+	mu      sync.Mutex
+	st      objstore.Store
+	running bool
+	last    []string // the last round's results, one line per source
+	lastAt  time.Time
+}
+
+// store returns the object store, connecting (and checking the region)
+// the first time it succeeds.
+func (r *backups) store(ctx context.Context) (objstore.Store, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.st != nil {
+		return r.st, nil
+	}
+	var st objstore.Store
+	var err error
+	if d := r.cfg.Store.Dir; d != "" {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return nil, err
+		}
+		st, err = objstore.NewDir(d)
+	} else {
+		c := r.cfg.Store.S3
+		st, err = objstore.NewS3(ctx, objstore.S3Options{
+			Endpoint: c.Endpoint, AllowHTTP: c.AllowHTTP, Bucket: c.Bucket, Prefix: c.Prefix,
+			Region: r.cfg.Region, AccessKey: c.AccessKey, SecretKey: c.SecretKey,
+		})
+	}
+	if err != nil {
+		return nil, err
+	}
+	r.st = st
+	return st, nil
+}
+
+var errBackupRunning = errors.New("a backup is already running")
+
+// start begins a round in the background unless one is running.
+func (r *backups) start(why string) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.running {
+		return errBackupRunning
+	}
+	if r.ctx.Err() != nil {
+		return errors.New("the node is shutting down")
+	}
+	r.running = true
+	r.wg.Add(1)
+	r.b.goSafe("backup", func() {
+		defer r.wg.Done()
+		lines := r.round(why)
+		r.mu.Lock()
+		r.running, r.last, r.lastAt = false, lines, time.Now()
+		r.mu.Unlock()
+	})
+	return nil
+}
+
+// round backs up every source in order; a failed source does not stop the
+// others. It returns one line per source.
+func (r *backups) round(why string) []string {
+	ctx := r.ctx
+	r.b.log.Info("backup round started", "why", why)
+	var lines []string
+	st, err := r.store(ctx)
+	if err != nil {
+		line := "store: " + err.Error()
+		r.b.log.Error("backup round failed", "err", err)
+		r.b.audit.Append(audit.KindBackup, "", why, line, "failed")
+		return []string{line}
+	}
+	o := backup.Options{
+		Public: r.pub, Store: st, Node: r.b.cfg.Hostname, Region: r.cfg.Region,
+		SegmentSize: int64(r.cfg.EffectiveSegmentMiB()) << 20, Staging: r.staging,
+	}
+	for _, src := range r.cfg.Sources {
+		start := time.Now()
+		what, err := r.source(ctx, src, o)
+		result := "ok"
+		if err != nil {
+			result = "failed"
+			what = fmt.Sprintf("%s %s: %v", src.Kind, src.Path+strings.Join(src.Command, " "), err)
+			r.b.log.Error("backup failed", "source", src.Kind, "err", err)
+		} else {
+			what = fmt.Sprintf("%s in %s", what, time.Since(start).Round(time.Millisecond))
+			r.b.log.Info("backup " + what)
+		}
+		r.b.audit.Append(audit.KindBackup, "", why, what, result)
+		lines = append(lines, what)
+	}
+	if n, err := backup.Prune(ctx, st, r.b.cfg.Hostname, ""); err == nil && n > 0 {
+		r.b.log.Info(fmt.Sprintf("backup: removed %d objects of incomplete backups", n))
+	}
+	return lines
+}
+
+func (r *backups) source(ctx context.Context, src config.BackupSource, o backup.Options) (string, error) {
+	switch src.Kind {
+	case "spool":
+		res, err := backup.UploadSpool(ctx, src.Path, o)
+		what := fmt.Sprintf("spool %s: %d files stored, %d left", src.Path, len(res.Uploaded), len(res.Left))
+		return what, err
+	case "tree":
+		o.Source = backup.Source{Kind: "tree", Name: src.Path}
+		t := backup.Tree(src.Path, r.staging)
+		defer t.Close()
+		m, err := backup.Write(ctx, t, o)
+		if err != nil {
+			return "", err
+		}
+		return describe(m), nil
+	default:
+		o.Source = backup.Source{Kind: "command", Name: strings.Join(src.Command, " ")}
+		out, err := r.command(src.Command)
+		if err != nil {
+			return "", err
+		}
+		defer out.Close()
+		m, err := backup.Write(ctx, out, o)
+		if err != nil {
+			return "", err
+		}
+		return describe(m), nil
+	}
+}
+
+// command starts a command source as the workload's user; its standard
+// error goes to the console, its standard output into the backup. If the
+// backup stops early, closing the stream closes the pipe, and the command
+// ends on its next write.
+func (r *backups) command(argv []string) (io.ReadCloser, error) {
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		return nil, err
+	}
+	w := r.b.cfg.Workload
+	p, err := proc.Start(proc.Spec{Argv: argv, UID: uint32(w.UID), GID: uint32(w.GID), Dir: "/", Stdout: pw, Stderr: os.Stdout})
+	pw.Close()
+	if err != nil {
+		pr.Close()
+		return nil, err
+	}
+	return backup.Checked(pr, func() error {
+		<-p.Done()
+		if st := p.Status(); st.Signaled() || st.ExitStatus() != 0 {
+			return fmt.Errorf("%s: exit status %d (signal %d)", argv[0], st.ExitStatus(), st.Signal())
+		}
+		return nil
+	}), nil
+}
+
+func describe(m *backup.Manifest) string {
+	return fmt.Sprintf("%s %s complete: %s %s, %d bytes, %d segments", m.BackupID, m.Region, m.Source.Kind, m.Source.Name, m.PlaintextBytes, len(m.Segments))
+}
+
+// Backup starts a round now (POST /v1/backup).
+func (b *boot) Backup() error {
+	if b.backups == nil {
+		return fmt.Errorf("backups are not configured on this node: %w", mgmt.ErrNotAvailable)
+	}
+	if err := b.backups.start("management API"); err != nil {
+		if errors.Is(err, errBackupRunning) {
+			return fmt.Errorf("%w: %w", mgmt.ErrBusy, err)
+		}
+		return err
+	}
+	return nil
+}
+
+// backupStatus is the status line for backups.
+func (b *boot) backupStatus() string {
+	r := b.backups
+	if r == nil {
+		return "not configured"
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var s strings.Builder
+	if r.running {
+		s.WriteString("running; ")
+	}
+	if r.lastAt.IsZero() {
+		s.WriteString("no round yet")
+	} else {
+		fmt.Fprintf(&s, "last round %s: %s", r.lastAt.UTC().Format(time.RFC3339), strings.Join(r.last, "; "))
+	}
+	return s.String()
+}

@@ -1,0 +1,169 @@
+package qemutests
+
+import (
+	"bytes"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/bulwarkvm/bulwark/internal/backup"
+	"github.com/bulwarkvm/bulwark/internal/objstore/miniotest"
+	"github.com/bulwarkvm/bulwark/internal/pki"
+	"github.com/bulwarkvm/bulwark/qemu-tests/harness"
+)
+
+// TestBackup: a node writes data into its encrypted volume and, on a
+// management API request, backs it up to MinIO on the test bridge; the
+// host restores it with the private key to identical bytes. A dump of the
+// node's memory holds the public key and no trace of the private key. A
+// node whose bucket is in another region refuses it and halts.
+func TestBackup(t *testing.T) {
+	img := testImage(t)
+	ctlBin := buildCtl(t)
+	dir := t.TempDir()
+
+	svc, err := backup.GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	privPEM, _ := backup.PrivateKeyPEM(svc)
+	pubPEM, _ := backup.PublicKeyPEM(&svc.PublicKey)
+	keyFile := filepath.Join(dir, "svc.key")
+	os.WriteFile(keyFile, privPEM, 0o600)
+
+	ca, err := pki.Init(filepath.Join(dir, "ca"), "acme", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	node, _ := ca.IssueNode(pki.NodeRequest{Name: "db-1", IPs: []net.IP{net.ParseIP("10.99.0.10")}})
+	robot, _ := ca.IssueClient("robot", pki.RoleControlPlane, "", 0)
+	os.WriteFile(filepath.Join(dir, "robot.pem"), robot.CertPEM, 0o644)
+	os.WriteFile(filepath.Join(dir, "robot.key"), robot.KeyPEM, 0o600)
+
+	n := harness.NewNet(t)
+	ops := n.AddClient("10.99.0.5/24")
+	s3host := n.AddClient("10.99.0.40/24")
+	srv := miniotest.Start(t, miniotest.Options{Addr: "10.99.0.40:9000", Region: "eu-north-1", Netns: s3host.NS, Dial: s3host.Dial})
+	srv.MakeBucket(t, "backups")
+
+	mark := make([]byte, 12)
+	rand.Read(mark)
+	marker := "BULWARK-BACKUP-" + hex.EncodeToString(mark) + "-"
+	config := func(region string) []byte {
+		tlsSection, _ := json.Marshal(map[string]any{"ca": string(ca.PEM), "certificate": string(node.CertPEM), "key": string(node.KeyPEM)})
+		key, _ := json.Marshal(string(pubPEM))
+		return []byte(fmt.Sprintf(`{"version": 1, "hostname": "db-1",
+		"network": {"interfaces": [{"name": "eth0", "addresses": ["10.99.0.10/24"]}]},
+		"firewall": {"management_sources": ["10.99.0.5"], "egress": {"backup": [{"address": "10.99.0.40", "port": 9000}]}},
+		"tls": %s,
+		"volumes": [{"name": "data", "serial": "data0", "mount": "/var/lib/data"}],
+		"workload": {"command": ["%s/markerwriter", "4", "%s", "/var/lib/data/marker"], "uid": 999, "gid": 999},
+		"backup": {"region": %q, "public_key": %s, "segment_mib": 1,
+			"store": {"s3": {"endpoint": "http://10.99.0.40:9000", "allow_http": true, "bucket": "backups", "prefix": "svc",
+				"access_key": %q, "secret_key": %q}},
+			"sources": [{"kind": "tree", "path": "/var/lib/data"}]}}`,
+			tlsSection, testBin, marker, region, key, miniotest.AccessKey, miniotest.SecretKey))
+	}
+
+	vm := harness.Start(t, harness.Options{Name: "backup", Image: img, Config: config("eu-north-1"), Net: n,
+		Disks: []string{newDisk(t, dir, "d0", 64<<20)}})
+	vm.MustWaitFor(`^bulwark: ready$`, 3*time.Minute)
+	vm.MustWaitFor(`^bulwark:   backup +ok .*1 sources, key [0-9a-f]{16}…, region eu-north-1; s3 http://10.99.0.40:9000 bucket backups \(eu-north-1\), on request`, time.Second)
+	vm.MustWaitFor(`^bulwark: workload: wrote 4 MiB of marker to /var/lib/data/marker as uid 999$`, time.Minute)
+
+	op := operator{t: t, from: ops, bin: ctlBin, dir: dir, caFile: filepath.Join(dir, "ca", "ca.pem")}
+	if out, code := op.run("robot", "backup", "start"); code != 0 || !strings.Contains(out, "backup started") {
+		t.Fatalf("backup start: exit %d\n%s", code, out)
+	}
+	done := vm.MustWaitFor(`^bulwark: backup ([0-9a-f]{32}) eu-north-1 complete: tree /var/lib/data, [0-9]+ bytes, [0-9]+ segments in `, 3*time.Minute)
+	id := strings.Fields(strings.TrimPrefix(done.Text, "bulwark: backup "))[0]
+
+	// The memory of the running node: the public key is there (the
+	// control: the scan finds what is present), the private key is not,
+	// in PEM, DER or as its primes.
+	dump := filepath.Join(dir, "memory.elf")
+	if err := vm.DumpMemory(dump); err != nil {
+		t.Fatal(err)
+	}
+	mem, err := os.ReadFile(dump)
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.Remove(dump)
+	pubLine := strings.Split(string(pubPEM), "\n")[1]
+	if !bytes.Contains(mem, []byte(pubLine)) {
+		t.Fatal("the memory scan does not find the public key the node holds")
+	}
+	privLines := strings.Split(string(privPEM), "\n")
+	for name, needle := range map[string][]byte{
+		"private key PEM line": []byte(privLines[5]),
+		"prime p":              svc.Primes[0].Bytes()[:32],
+		"prime q":              svc.Primes[1].Bytes()[:32],
+		"prime p (LE words)":   leWords(svc.Primes[0].Bytes())[:32],
+		"private exponent":     svc.D.Bytes()[:32],
+	} {
+		if bytes.Contains(mem, needle) {
+			t.Errorf("the node's memory holds the %s", name)
+		}
+	}
+	mem = nil
+
+	// The host restores with the private key, from the test bridge.
+	t.Setenv("AWS_ACCESS_KEY_ID", miniotest.AccessKey)
+	t.Setenv("AWS_SECRET_ACCESS_KEY", miniotest.SecretKey)
+	store := []string{"--store", "s3://backups/svc", "--endpoint", "http://10.99.0.40:9000", "--region", "eu-north-1", "--allow-http"}
+	if out, code := op.run("", append([]string{"backup", "list"}, store...)...); code != 0 || !strings.Contains(out, "db-1 "+id) || !strings.Contains(out, "complete") {
+		t.Fatalf("backup list: exit %d\n%s", code, out)
+	}
+	restored := filepath.Join(dir, "restored")
+	args := append([]string{"backup", "restore", "--key", keyFile, "--node", "db-1", "--id", id, "--to", restored, "--quiet"}, store...)
+	if out, code := op.run("", args...); code != 0 {
+		t.Fatalf("backup restore: exit %d\n%s", code, out)
+	}
+	got, err := os.ReadFile(filepath.Join(restored, "marker"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := bytes.Repeat([]byte(marker), 4<<20/len(marker)+1)
+	want = bytes.Repeat(want[:1<<20], 4)
+	if !bytes.Equal(got, want) {
+		t.Fatalf("restored marker file: %d bytes, not the %d the workload wrote", len(got), len(want))
+	}
+	if out, _ := op.run("robot", "status"); !strings.Contains(out, "last round") || !strings.Contains(out, id) {
+		t.Errorf("status does not report the backup:\n%s", out)
+	}
+	if err := vm.PowerOff(2 * time.Minute); err != nil {
+		t.Fatal(err)
+	}
+
+	// The same node pointed at the same bucket but told it is in another
+	// region refuses the bucket and halts.
+	vm = harness.Start(t, harness.Options{Name: "backup-region", Image: img, Config: config("us-east-1"), Net: n, ExpectFatal: true,
+		Disks: []string{newDisk(t, dir, "d1", 64<<20)}})
+	vm.MustWaitFor(`^bulwark: FATAL: .*bucket "backups" is in region "eu-north-1", but this node is in region "us-east-1"`, 3*time.Minute)
+	if _, err := vm.WaitFor(`^bulwark: ready$`, time.Second); err == nil {
+		t.Fatal("a node with a bucket in another region became ready")
+	}
+}
+
+// leWords returns a big-endian number as the little-endian 64-bit words
+// Go's big.Int keeps in memory.
+func leWords(be []byte) []byte {
+	out := make([]byte, 0, len(be))
+	for end := len(be); end > 0; end -= 8 {
+		start := max(0, end-8)
+		w := make([]byte, 8)
+		copy(w[8-(end-start):], be[start:end])
+		for i := 7; i >= 0; i-- {
+			out = append(out, w[i])
+		}
+	}
+	return out
+}
