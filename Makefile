@@ -11,11 +11,11 @@ OUT   ?= out
 # database behind the front door in its test).
 DEBS := linux-image-amd64 systemd-boot-efi ovmf qemu-system-x86 qemu-utils \
         e2fsprogs dosfstools mtools cryptsetup-bin iproute2 nftables iputils-ping \
-        dnsmasq-base swtpm swtpm-tools iptables postgresql tcpdump lz4 python3-cryptography
+        dnsmasq-base swtpm swtpm-tools iptables postgresql tcpdump lz4 python3-cryptography age
 
 export CGO_ENABLED := 0
 
-.PHONY: all deps image demo test check unit fuzz qemutest minio bench-boot bench-volumes bench-firewall bench-frontdoor bench-ipsec clean
+.PHONY: all deps image demo test check unit fuzz qemutest minio bench-backup bench-boot bench-volumes bench-firewall bench-frontdoor bench-ipsec clean
 
 all: image
 
@@ -64,6 +64,9 @@ qemutest:
 
 # Init overhead under emulation: bulwark's init against a trivial init on
 # the same kernel, in the same run (docs/performance.md).
+bench-backup: deps
+	$(GO) run ./bench/backupbench -mib 1024
+
 bench-boot: image
 	$(GO) test -run '^$$' -bench BootOverhead -benchtime 5x -timeout 30m ./qemu-tests/
 

@@ -36,7 +36,7 @@ func Workers(n int) int {
 }
 
 func newPipeline(workers, bufSize int, c *chunker, fn func(c *chunker, mac hash.Hash, j *job)) *pipeline {
-	p := &pipeline{work: make(chan *job), depth: 2*workers + 1, size: bufSize}
+	p := &pipeline{work: make(chan *job, workers), depth: 2*workers + 2, size: bufSize}
 	for range workers {
 		mac := c.newMAC()
 		go func() {
