@@ -4,6 +4,7 @@
 SHELL := /bin/bash
 GO    ?= go
 OUT   ?= out
+MINIO := $(OUT)/tools/minio
 
 # Debian packages: the kernel and firmware the image is built from and booted
 # with, QEMU, the host tools the image build and the tests run (iptables is
@@ -32,7 +33,7 @@ deps:
 image: deps
 	$(GO) run ./image -out $(OUT) -qcow2
 
-demo: image
+demo: image $(MINIO)
 	$(GO) run ./qemu-tests/demo -out $(OUT)
 
 # Everything CI runs: formatting, vet, unit tests, a short fuzz run, the
@@ -44,9 +45,9 @@ check:
 	if [ -n "$$unformatted" ]; then echo "gofmt needed: $$unformatted"; exit 1; fi
 	$(GO) vet ./...
 
-# A real S3 server for the backup tests, built from the Go module proxy at
-# the version tools/minio/go.mod pins (a few minutes the first time).
-MINIO := $(OUT)/tools/minio
+# A real S3 server for the backup tests and the demo, built from the Go
+# module proxy at the version tools/minio/go.mod pins (a few minutes the
+# first time).
 minio: $(MINIO)
 $(MINIO): tools/minio/go.mod tools/minio/go.sum
 	cd tools/minio && $(GO) build -o $(abspath $(MINIO)) github.com/minio/minio
@@ -57,6 +58,7 @@ unit: $(MINIO)
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzParse -fuzztime 15s ./internal/config/
 	$(GO) test -run '^$$' -fuzz FuzzRead -fuzztime 15s -fuzzminimizetime 1s ./internal/luks2/
+	$(GO) test -run '^$$' -fuzz FuzzOpen -fuzztime 15s -fuzzminimizetime 1s ./internal/backup/
 
 qemutest:
 	$(GO) test -count=1 -timeout 30m -v ./qemu-tests/... 2>&1 | tee $(OUT)/qemutest.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|_test.go:'; \

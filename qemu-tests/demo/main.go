@@ -92,6 +92,10 @@ func demo(r *runner, out, cfgPath string) {
 	r.step("the project CA (bulwarkctl ca init), a node certificate for 10.99.0.10, an operator's and the control plane's client certificates")
 	p := newPKI(r, dir)
 	fmt.Print(p.caText)
+
+	r.step("the service's backup key pair (bulwarkctl backup keygen; the node gets the public key only) and a MinIO bucket in region %s at %s on the bridge", s3Region, s3Addr)
+	fmt.Print(p.ctl(r, nil, "", 0, "backup", "keygen", "--out", filepath.Join(dir, "svc")))
+	startStore(r, n)
 	cfg = p.addToConfig(r, cfg)
 
 	r.step("two blank 256 MiB data disks, serials data0 and data1")
@@ -105,7 +109,7 @@ func demo(r *runner, out, cfgPath string) {
 		}
 	}
 
-	r.step("booting %s with %s, plus the node's tls section, a PostgreSQL front door and IPsec with a second node (direct kernel boot, software emulation)", out, cfgPath)
+	r.step("booting %s with %s, plus the node's tls section, a PostgreSQL front door, IPsec with a second node and backups (direct kernel boot, software emulation)", out, cfgPath)
 	t0 := time.Now()
 	vm := harness.Start(r, harness.Options{Name: "demo", Image: img, Config: cfg, Net: n, Disks: disks, Echo: os.Stdout})
 	vm2 := harness.Start(r, harness.Options{Name: "db-node-2", Image: img, Config: p.secondNode(r), Net: n})
@@ -199,6 +203,9 @@ func demo(r *runner, out, cfgPath string) {
 	fmt.Print(p.ctl(r, ops, "alice", 0, "audit", "fetch", "-o", logFile))
 	fmt.Print(p.ctl(r, nil, "", 0, "audit", "verify", logFile))
 
+	r.step("a backup of the data volume to the bucket, restored on the host with the private key")
+	p.showBackup(r, vm, ops)
+
 	r.step("shutting the node down through the management API (bulwarkctl shutdown --wipe)")
 	fmt.Print(p.ctl(r, ops, "robot", 0, "shutdown", "--wipe"))
 	vm.MustWaitFor(`^bulwark: powered off cleanly$`, 2*time.Minute)
@@ -213,7 +220,7 @@ func demo(r *runner, out, cfgPath string) {
 		}
 		fmt.Printf("%s: no LUKS header: crypto-erased\n", filepath.Base(d))
 	}
-	fmt.Println("\ndemo OK: the node booted, encrypted both data volumes with keys of its own, keyed IPsec with its peer, spoke only TLS on its client port, answered the allowed client and refused the stranger until the control plane allowed it, audited every management call, and powered off with its volumes crypto-erased")
+	fmt.Println("\ndemo OK: the node booted, encrypted both data volumes with keys of its own, keyed IPsec with its peer, spoke only TLS on its client port, answered the allowed client and refused the stranger until the control plane allowed it, audited every management call, backed its volume up for a key it never held (restored on the host), and powered off with its volumes crypto-erased")
 }
 
 // dumpSummary picks the lines of luksDump an auditor looks at.

@@ -69,6 +69,9 @@ func (p *demoPKI) addToConfig(r *runner, cfg []byte) []byte {
 	doc["tls"] = t
 	doc["front_door"] = []map[string]any{{"port": 5432, "protocol": "postgres", "backend": "127.0.0.1:5433"}}
 	doc["ipsec"] = map[string]any{"address": "10.99.0.10", "peers": []map[string]string{{"name": "db-node-2", "address": "10.99.0.11"}}}
+	fw := doc["firewall"].(map[string]any)
+	fw["egress"] = map[string]any{"backup": []map[string]any{{"address": "10.99.0.40", "port": 9000}}}
+	doc["backup"] = p.backupSection(r)
 	out, err := json.Marshal(doc)
 	if err != nil {
 		r.Fatal(err)

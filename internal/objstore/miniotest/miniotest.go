@@ -15,7 +15,6 @@ import (
 	"strings"
 	"sync"
 	"syscall"
-	"testing"
 	"time"
 
 	"github.com/minio/minio-go/v7"
@@ -28,9 +27,17 @@ const (
 	SecretKey = "bulwark-test-secret"
 )
 
+// T is what the package needs of a test (testing.TB has it; so does the
+// demo's runner).
+type T interface {
+	Helper()
+	Fatalf(format string, args ...any)
+	Cleanup(func())
+}
+
 // Binary finds the MinIO server: $BULWARK_MINIO, or out/tools/minio in
 // the repository.
-func Binary(t testing.TB) string {
+func Binary(t T) string {
 	t.Helper()
 	if p := os.Getenv("BULWARK_MINIO"); p != "" {
 		return p
@@ -45,7 +52,7 @@ func Binary(t testing.TB) string {
 
 // Server is a MinIO server with its data directory.
 type Server struct {
-	t      testing.TB
+	t      T
 	Addr   string // host:port
 	Region string
 	dir    string
@@ -68,12 +75,12 @@ type Options struct {
 
 // Start starts a server and waits until it answers; it is stopped when the
 // test ends.
-func Start(t testing.TB, o Options) *Server {
+func Start(t T, o Options) *Server {
 	t.Helper()
 	if o.Addr == "" {
 		l, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
-			t.Fatal(err)
+			t.Fatalf("%v", err)
 		}
 		o.Addr = l.Addr().String()
 		l.Close()
@@ -82,7 +89,12 @@ func Start(t testing.TB, o Options) *Server {
 	if o.Dial != nil {
 		tr.DialContext = o.Dial
 	}
-	s := &Server{t: t, Addr: o.Addr, Region: o.Region, dir: t.TempDir(), netns: o.Netns, client: &http.Client{Transport: tr, Timeout: 5 * time.Second}}
+	dir, err := os.MkdirTemp("", "minio-")
+	if err != nil {
+		t.Fatalf("%v", err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	s := &Server{t: t, Addr: o.Addr, Region: o.Region, dir: dir, netns: o.Netns, client: &http.Client{Transport: tr, Timeout: 5 * time.Second}}
 	s.Restart()
 	t.Cleanup(s.Stop)
 	return s
@@ -155,11 +167,11 @@ func (s *Server) Restart() {
 }
 
 // MakeBucket creates a bucket in the server's region.
-func (s *Server) MakeBucket(t testing.TB, name string) {
+func (s *Server) MakeBucket(t T, name string) {
 	t.Helper()
 	c, err := minio.New(s.Addr, &minio.Options{Creds: credentials.NewStaticV4(AccessKey, SecretKey, ""), Region: s.Region, Transport: s.client.Transport})
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("%v", err)
 	}
 	if err := c.MakeBucket(context.Background(), name, minio.MakeBucketOptions{Region: s.Region}); err != nil {
 		t.Fatalf("making bucket %s: %v", name, err)

@@ -1,0 +1,67 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/bulwarkvm/bulwark/internal/objstore/miniotest"
+	"github.com/bulwarkvm/bulwark/qemu-tests/harness"
+)
+
+// The demo's object storage: a MinIO server at 10.99.0.40 on the test
+// bridge, bucket "backups" in region eu-north-1.
+const (
+	s3Addr   = "10.99.0.40:9000"
+	s3Region = "eu-north-1"
+)
+
+// startStore starts the MinIO server in a host of its own on the bridge.
+func startStore(r *runner, n *harness.Net) {
+	host := n.AddClient("10.99.0.40/24")
+	srv := miniotest.Start(r, miniotest.Options{Addr: s3Addr, Region: s3Region, Netns: host.NS, Dial: host.Dial})
+	srv.MakeBucket(r, "backups")
+}
+
+// backupSection is the node's backup config: the service's public key, the
+// bucket, and its data volume as a tree.
+func (p *demoPKI) backupSection(r *runner) map[string]any {
+	pub, err := os.ReadFile(filepath.Join(p.dir, "svc.pub"))
+	if err != nil {
+		r.Fatal(err)
+	}
+	return map[string]any{
+		"region":      s3Region,
+		"public_key":  string(pub),
+		"segment_mib": 16,
+		"store": map[string]any{"s3": map[string]any{
+			"endpoint": "http://" + s3Addr, "allow_http": true, "bucket": "backups", "prefix": "demo",
+			"access_key": miniotest.AccessKey, "secret_key": miniotest.SecretKey,
+		}},
+		"sources": []map[string]any{{"kind": "tree", "path": "/var/lib/postgresql"}},
+	}
+}
+
+// showBackup has the node back up its volume, then lists, verifies and
+// restores the backup on the host with the private key, and checks the
+// audit log found inside it.
+func (p *demoPKI) showBackup(r *runner, vm *harness.VM, ops *harness.Client) {
+	fmt.Print(p.ctl(r, ops, "robot", 0, "backup", "start"))
+	done := vm.MustWaitFor(`^bulwark: backup [0-9a-f]{32} `+s3Region+` complete: `, 3*time.Minute)
+	fmt.Println("  " + done.Text)
+	id := strings.Fields(strings.TrimPrefix(done.Text, "bulwark: backup "))[0]
+	os.Setenv("AWS_ACCESS_KEY_ID", miniotest.AccessKey)
+	os.Setenv("AWS_SECRET_ACCESS_KEY", miniotest.SecretKey)
+	store := []string{"--store", "s3://backups/demo", "--endpoint", "http://" + s3Addr, "--region", s3Region, "--allow-http"}
+	fmt.Printf("bulwarkctl backup list:\n%s", p.ctl(r, ops, "", 0, append([]string{"backup", "list"}, store...)...))
+	key := filepath.Join(p.dir, "svc.key")
+	fmt.Print(p.ctl(r, ops, "", 0, append([]string{"backup", "verify", "--quiet", "--key", key, "--node", "db-node-1", "--id", id}, store...)...))
+	to := filepath.Join(p.dir, "restored")
+	fmt.Print(p.ctl(r, ops, "", 0, append([]string{"backup", "restore", "--quiet", "--key", key, "--node", "db-node-1", "--id", id, "--to", to}, store...)...))
+	restoredLog := filepath.Join(to, ".bulwark", "audit.log")
+	fmt.Printf("the node's audit log, as restored from the backup: %s", p.ctl(r, nil, "", 0, "audit", "verify", restoredLog))
+	p.ctl(r, nil, "", 0, "backup", "keygen", "--out", filepath.Join(p.dir, "other"))
+	fmt.Printf("another service's private key: %s", p.ctl(r, ops, "", 1, append([]string{"backup", "verify", "--quiet", "--key", filepath.Join(p.dir, "other.key"), "--node", "db-node-1", "--id", id}, store...)...))
+}
