@@ -83,7 +83,7 @@ func startBackups(b *boot) (string, error) {
 		return nil
 	})
 	if err != nil {
-		return detail, warning{detail}
+		return "", warning{detail}
 	}
 	return detail, nil
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/bulwarkvm/bulwark/internal/firewall"
 	"github.com/bulwarkvm/bulwark/internal/ipsec"
 	"github.com/bulwarkvm/bulwark/internal/proc"
+	"github.com/bulwarkvm/bulwark/internal/tpm"
 	"github.com/bulwarkvm/bulwark/internal/volume"
 )
 
@@ -54,6 +55,8 @@ type boot struct {
 	volumes   []*volume.Volume
 	ipsec     *ipsec.Manager
 	backups   *backups
+	// tpm is the node's TPM, nil when it has none.
+	tpm *tpm.TPM
 	// bgModules carries the result of the background module load
 	// (awaitModules).
 	bgModules chan error

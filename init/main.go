@@ -21,12 +21,13 @@ func main() {
 	b.stage("hardening", harden)              // no core dumps, no kexec, no swap
 	b.stage("modules", loadModules)           // modules.list from the initramfs
 	b.stage("power button", watchPowerButton) // ACPI power button -> shutdown
-	b.stage("entropy", waitForEntropy)        // kernel RNG ready before any key
+	b.stage("entropy", waitForEntropy)        // kernel RNG ready before any key; TPM randomness mixed in
 	b.stage("config", readConfig)             // fw_cfg or BULWARKCFG volume, strict
 	b.stage("firewall", applyFirewall)        // default deny, then the policy; before any link is up
 	b.stage("network", configureNetwork)      // links, addresses, routes, hostname
 	b.stage("ipsec", startIPsec)              // ESP-only policies, keying with peers over mTLS
 	b.stage("volumes", setUpVolumes)          // fresh key, LUKS2, dm-crypt, ext4, mount
+	b.stage("measure", measure)               // config, ruleset, LUKS2 headers into PCR 15; attestation key
 	b.stage("workload", startWorkload)        // the database, unprivileged, owns the volumes
 	b.stage("backup", startBackups)           // public key only, store in the node's region, schedule
 	b.stage("services", startServices)        // TLS front door, mTLS management API

@@ -98,6 +98,7 @@ func (b *boot) Status() any {
 		FrontDoors []frontDoor `json:"front_doors"`
 		IPsec      any         `json:"ipsec"`
 		Backups    string      `json:"backups"`
+		TPM        string      `json:"tpm"`
 		AuditHead  string      `json:"audit_head"`
 		AuditCount uint64      `json:"audit_records"`
 		AuditFile  string      `json:"audit_file"`
@@ -107,6 +108,7 @@ func (b *boot) Status() any {
 		Uptime:   time.Since(b.start).Round(time.Second).String(),
 		IPsec:    "not configured on this node",
 		Backups:  b.backupStatus(),
+		TPM:      b.tpmStatus(),
 	}
 	for _, r := range b.results {
 		st.Stages = append(st.Stages, stage{r.name, r.status, float64(r.duration.Microseconds()) / 1000, r.detail})

@@ -104,6 +104,14 @@ func TestManagement(t *testing.T) {
 	}
 	ctl := operator{t: t, from: ops, bin: ctlBin, dir: dir, caFile: caFile}.run
 
+	// This node has no TPM: it says so, and attestation says so clearly.
+	if out, code := ctl("alice", "status"); code != 0 || !strings.Contains(out, "tpm: no TPM") {
+		t.Errorf("status of a node without a TPM: exit %d\n%s", code, out)
+	}
+	if out, code := ctl("alice", "attest"); code != 1 || !strings.Contains(out, "no TPM on this node") {
+		t.Errorf("attest on a node without a TPM: exit %d\n%s", code, out)
+	}
+
 	a, err := dialApp(appA)
 	if err != nil {
 		t.Fatalf("client A through the front door: %v", err)

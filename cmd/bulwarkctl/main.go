@@ -32,6 +32,9 @@ a running node (flags or BULWARK_NODE, BULWARK_CERT, BULWARK_KEY, BULWARK_CA):
   audit fetch [-o FILE]              download the node's audit log
   shutdown --wipe                    power the node off; its volumes are crypto-erased
   backup start | ipsec rekey         start a backup / an IPsec rekey
+  attest --config FILE [--ak FP] [--save F]   TPM quote over a fresh nonce: signature, nonce, PCR 15
+                                     replayed from the event log, config digest against FILE
+  attest verify F [--nonce N] [--config FILE] [--ak FP]   the same for a saved answer
   node flags: --node HOST:PORT --cert FILE --key FILE --ca FILE
 
 backups (offline, with the service's keys; S3 credentials from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY):
@@ -99,6 +102,8 @@ func dispatch(args []string, stdout, stderr io.Writer) error {
 		return shutdownCommand(rest, stdout)
 	case "backup":
 		return backupCommand(rest, stdout, stderr)
+	case "attest":
+		return attestCommand(rest, stdout)
 	case "ipsec":
 		if sub != "rekey" {
 			return usageError{"ipsec: use rekey"}

@@ -139,6 +139,7 @@ func statusCommand(args []string, stdout io.Writer) error {
 		} `json:"front_doors"`
 		IPsec      json.RawMessage `json:"ipsec"`
 		Backups    string          `json:"backups"`
+		TPM        string          `json:"tpm"`
 		AuditHead  string          `json:"audit_head"`
 		AuditCount uint64          `json:"audit_records"`
 		AuditFile  string          `json:"audit_file"`
@@ -176,7 +177,7 @@ func statusCommand(args []string, stdout io.Writer) error {
 	} else if json.Unmarshal(st.IPsec, &note) == nil {
 		fmt.Fprintf(stdout, "ipsec: %s\n", note)
 	}
-	fmt.Fprintf(stdout, "backups: %s\naudit: %d records, head %s, %s\n", st.Backups, st.AuditCount, st.AuditHead, st.AuditFile)
+	fmt.Fprintf(stdout, "tpm: %s\nbackups: %s\naudit: %d records, head %s, %s\n", st.TPM, st.Backups, st.AuditCount, st.AuditHead, st.AuditFile)
 	return nil
 }
 

@@ -22,6 +22,7 @@ func (n *node) Allowlist() []string                     { return n.clients }
 func (n *node) SetAllowlist(e []string) (string, error) { n.clients = e; return "", nil }
 func (n *node) Backup() error                           { return mgmt.ErrNotAvailable }
 func (n *node) Rekey() error                            { return mgmt.ErrNotAvailable }
+func (n *node) Attest([]byte) (any, error)              { return nil, mgmt.ErrNotAvailable }
 func (n *node) Shutdown(string)                         {}
 
 func ctl(t *testing.T, want int, args ...string) string {
@@ -84,6 +85,9 @@ func TestCLIAgainstAManagementAPI(t *testing.T) {
 		t.Fatal(out)
 	}
 	if out := ctl(t, 1, with("backup", "start")...); !strings.Contains(out, "not available") {
+		t.Fatal(out)
+	}
+	if out := ctl(t, 1, with("attest")...); !strings.Contains(out, "(501): not available") {
 		t.Fatal(out)
 	}
 	ctl(t, 2, with("shutdown")...) // no --wipe

@@ -1,6 +1,7 @@
 package firewall
 
 import (
+	"bytes"
 	"fmt"
 	"strings"
 	"sync/atomic"
@@ -277,5 +278,38 @@ func TestInvalidUpdateChangesNothing(t *testing.T) {
 	w, err := fw.Replace(SetClients, nil)
 	if err != nil || !strings.Contains(w, "empty") {
 		t.Fatalf("empty allowlist: %q %v", w, err)
+	}
+}
+
+// TestRuleset: the read-back rendering holds the policy's addresses and
+// rules, is the same for the same policy, and changes with one allowlist
+// entry (what the TPM measurement relies on).
+func TestRuleset(t *testing.T) {
+	l := newLab(t)
+	fw := apply(t, l, testConfig(nil))
+	a, err := fw.Ruleset()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"table inet bulwark", "chain input type filter", "policy 0", "rule ", "counter"} {
+		if !strings.Contains(string(a), want) {
+			t.Errorf("ruleset lacks %q:\n%s", want, a)
+		}
+	}
+	if strings.Contains(string(a), "0x") && strings.Contains(string(a), "Handle") {
+		t.Errorf("ruleset holds handles:\n%s", a)
+	}
+	// The same policy again (a new transaction, new handles): the same text.
+	apply(t, l, testConfig(nil))
+	b, _ := fw.Ruleset()
+	if !bytes.Equal(a, b) {
+		t.Fatalf("the same policy renders differently:\n%s\n---\n%s", a, b)
+	}
+	if _, err := fw.Replace(SetClients, []string{"10.77.0.2", "198.51.100.7"}); err != nil {
+		t.Fatal(err)
+	}
+	c, _ := fw.Ruleset()
+	if bytes.Equal(a, c) {
+		t.Fatal("changing the allowlist left the ruleset text unchanged")
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -39,6 +40,9 @@ type Node interface {
 	SetAllowlist(entries []string) (warning string, err error)
 	Backup() error
 	Rekey() error
+	// Attest returns a TPM quote over the caller's nonce (16 to 64
+	// bytes); ErrNotAvailable without a TPM.
+	Attest(nonce []byte) (any, error)
 	Shutdown(reason string)
 }
 
@@ -69,6 +73,7 @@ var (
 		{"GET", "/v1/allowlist", both},
 		{"PUT", "/v1/allowlist", controlOnly},
 		{"GET", "/v1/audit", both},
+		{"POST", "/v1/attest", both},
 		{"POST", "/v1/backup", controlOnly},
 		{"POST", "/v1/ipsec/rekey", controlOnly},
 		{"POST", "/v1/shutdown", controlOnly},
@@ -287,6 +292,27 @@ func (s *Server) serve(rt route, r *http.Request) (int, any, string) {
 	switch rt.method + " " + rt.path {
 	case "GET /v1/status":
 		return 200, s.o.Node.Status(), ""
+	case "POST /v1/attest":
+		var req struct {
+			Nonce string `json:"nonce"`
+		}
+		dec := json.NewDecoder(io.LimitReader(r.Body, 4096))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&req); err != nil {
+			return fail(400, fmt.Errorf("body: %w", err))
+		}
+		nonce, err := hex.DecodeString(req.Nonce)
+		if err != nil || len(nonce) < 16 || len(nonce) > 64 {
+			return fail(400, errors.New("nonce: give 16 to 64 bytes as hex"))
+		}
+		q, err := s.o.Node.Attest(nonce)
+		if errors.Is(err, ErrNotAvailable) {
+			return fail(501, err)
+		}
+		if err != nil {
+			return fail(500, err)
+		}
+		return 200, q, ""
 	case "GET /v1/allowlist":
 		return 200, map[string][]string{"clients": s.o.Node.Allowlist()}, ""
 	case "PUT /v1/allowlist":

@@ -47,6 +47,9 @@ func (n *fakeNode) SetAllowlist(e []string) (string, error) {
 }
 func (n *fakeNode) Backup() error { return ErrNotAvailable }
 func (n *fakeNode) Rekey() error  { return ErrNotAvailable }
+func (n *fakeNode) Attest(nonce []byte) (any, error) {
+	return nil, ErrNotAvailable
+}
 func (n *fakeNode) Shutdown(reason string) {
 	n.mu.Lock()
 	n.shutdown = reason

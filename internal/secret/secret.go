@@ -53,7 +53,8 @@ func New(n int) (*Buf, error) {
 }
 
 // Random returns a locked buffer of n bytes from the kernel's CSPRNG
-// (getrandom, which blocks until the pool is initialised).
+// (getrandom, which blocks until the pool is initialised), with the
+// mixer's randomness combined in when one is set.
 func Random(n int) (*Buf, error) {
 	b, err := New(n)
 	if err != nil {
@@ -63,7 +64,31 @@ func Random(n int) (*Buf, error) {
 		b.Destroy()
 		return nil, err
 	}
+	mixMu.Lock()
+	m := mixer
+	mixMu.Unlock()
+	if m != nil {
+		if err := m(b.Bytes()); err != nil {
+			b.Destroy()
+			return nil, fmt.Errorf("secret: mixing in extra randomness: %w", err)
+		}
+	}
 	return b, nil
+}
+
+var (
+	mixMu sync.Mutex
+	mixer func(p []byte) error
+)
+
+// SetMixer makes every later Random call pass its kernel bytes through m,
+// which must combine more randomness into p in place (the TPM's, see
+// internal/tpm) and never merely replace it. A failing mixer fails the
+// draw: no key is made without it once it is set.
+func SetMixer(m func(p []byte) error) {
+	mixMu.Lock()
+	defer mixMu.Unlock()
+	mixer = m
 }
 
 // Fill fills p from getrandom.

@@ -7,6 +7,8 @@ package volume
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -58,16 +60,19 @@ func (o *Options) defaults() {
 
 // Volume is a mapped and mounted data volume.
 type Volume struct {
-	Name       string
-	Disk       string // /dev/vdb
-	Mapper     string // /dev/mapper/bulwark-<name>
-	Mount      string
-	UUID       string // of the LUKS2 header
-	Cipher     string
-	KeyBits    int
-	SectorSize int
-	DataBytes  int64
-	Discard    bool
+	Name   string
+	Disk   string // /dev/vdb
+	Mapper string // /dev/mapper/bulwark-<name>
+	Mount  string
+	UUID   string // of the LUKS2 header
+	// HeaderSHA256 is the SHA-256 of the header area (both copies of the
+	// binary header and JSON) as read back after it was written.
+	HeaderSHA256 string
+	Cipher       string
+	KeyBits      int
+	SectorSize   int
+	DataBytes    int64
+	Discard      bool
 	// Previous says what the disk held before this boot formatted it
 	// ("held nothing recognisable ...").
 	Previous string
@@ -186,6 +191,15 @@ func (v *Volume) format(o Options) error {
 	// The passphrase has done its only job; nobody will ever open the
 	// keyslot again.
 	pass.Destroy()
+	if err == nil {
+		// The header as written, both copies, read back from the disk
+		// for the TPM measurement.
+		hdr := make([]byte, 2*h.HdrSize)
+		if _, err = f.ReadAt(hdr, 0); err == nil {
+			sum := sha256.Sum256(hdr)
+			v.HeaderSHA256 = hex.EncodeToString(sum[:])
+		}
+	}
 	if cerr := f.Close(); err == nil && cerr != nil {
 		err = cerr
 	}

@@ -109,9 +109,13 @@ func demo(r *runner, out, cfgPath string) {
 		}
 	}
 
-	r.step("booting %s with %s, plus the node's tls section, a PostgreSQL front door, IPsec with a second node and backups (direct kernel boot, software emulation)", out, cfgPath)
+	r.step("booting %s with %s, plus the node's tls section, a PostgreSQL front door, IPsec with a second node and backups (direct kernel boot, software emulation, a TPM from swtpm)", out, cfgPath)
 	t0 := time.Now()
-	vm := harness.Start(r, harness.Options{Name: "demo", Image: img, Config: cfg, Net: n, Disks: disks, Echo: os.Stdout})
+	cfgFile := filepath.Join(dir, "node-1.json") // what the auditor holds
+	if err := os.WriteFile(cfgFile, cfg, 0o644); err != nil {
+		r.Fatal(err)
+	}
+	vm := harness.Start(r, harness.Options{Name: "demo", Image: img, Config: cfg, Net: n, Disks: disks, Echo: os.Stdout, TPM: true})
 	vm2 := harness.Start(r, harness.Options{Name: "db-node-2", Image: img, Config: p.secondNode(r), Net: n})
 	vm.MustWaitFor(`^bulwark: ready$`, 3*time.Minute)
 	fmt.Printf("node ready %.1fs after QEMU started\n", time.Since(t0).Seconds())
@@ -203,6 +207,14 @@ func demo(r *runner, out, cfgPath string) {
 	fmt.Print(p.ctl(r, ops, "alice", 0, "audit", "fetch", "-o", logFile))
 	fmt.Print(p.ctl(r, nil, "", 0, "audit", "verify", logFile))
 
+	r.step("attestation from outside (bulwarkctl attest): a TPM quote over PCR 15, checked against the config the auditor holds")
+	fmt.Print(p.ctl(r, ops, "alice", 0, "attest", "--config", cfgFile))
+	other := strings.Replace(string(cfg), `"10.99.0.16/28"`, `"10.99.0.0/24"`, 1)
+	otherFile := filepath.Join(dir, "node-1-other.json")
+	os.WriteFile(otherFile, []byte(other), 0o644)
+	bad := p.ctl(r, ops, "alice", 1, "attest", "--config", otherFile)
+	fmt.Printf("the same check against a config with one allowlist entry changed:\n%s", bad[strings.Index(bad, "FAIL"):])
+
 	r.step("a backup of the data volume to the bucket, restored on the host with the private key")
 	p.showBackup(r, vm, ops)
 
@@ -220,7 +232,7 @@ func demo(r *runner, out, cfgPath string) {
 		}
 		fmt.Printf("%s: no LUKS header: crypto-erased\n", filepath.Base(d))
 	}
-	fmt.Println("\ndemo OK: the node booted, encrypted both data volumes with keys of its own, keyed IPsec with its peer, spoke only TLS on its client port, answered the allowed client and refused the stranger until the control plane allowed it, audited every management call, backed its volume up for a key it never held (restored on the host), and powered off with its volumes crypto-erased")
+	fmt.Println("\ndemo OK: the node booted, encrypted both data volumes with keys of its own, keyed IPsec with its peer, spoke only TLS on its client port, answered the allowed client and refused the stranger until the control plane allowed it, proved its measured state to an auditor outside, audited every management call, backed its volume up for a key it never held (restored on the host), and powered off with its volumes crypto-erased")
 }
 
 // dumpSummary picks the lines of luksDump an auditor looks at.

@@ -1,0 +1,73 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+
+	"github.com/bulwarkvm/bulwark/internal/mgmt"
+	"github.com/bulwarkvm/bulwark/internal/tpm"
+)
+
+// measure extends PCR 15 with what the node's security rests on, before
+// any service (the workload included) starts: the config document as
+// read, the firewall ruleset as read back from the kernel, and each LUKS2
+// header as written; then it makes the attestation key that quotes them
+// (docs/attestation.md). Without a TPM there is nothing to measure into.
+func measure(b *boot) (string, error) {
+	if b.tpm == nil {
+		return "no TPM: nothing measured, attestation unavailable", nil
+	}
+	// The log replays from zero; if something before the init extended
+	// PCR 15, no auditor's replay will match, and the report says why.
+	before, err := b.tpm.PCRValue()
+	if err != nil {
+		return "", err
+	}
+	var degraded string
+	if !bytes.Equal(before, make([]byte, len(before))) {
+		degraded = fmt.Sprintf("PCR %d was %x before the init measured anything: quotes will not replay from the event log", tpm.PCR, before)
+		b.log.Warn(degraded)
+	}
+	events := []tpm.Event{{Kind: tpm.EventConfig, Name: b.cfgSource.String(), SHA256: b.cfgDigest}}
+	rules, err := b.fw.Ruleset()
+	if err != nil {
+		return "", err
+	}
+	events = append(events, tpm.NewEvent(tpm.EventFirewall, "inet bulwark", rules))
+	for _, v := range b.volumes {
+		events = append(events, tpm.Event{Kind: tpm.EventLUKS2, Name: v.Name, SHA256: v.HeaderSHA256})
+	}
+	for _, e := range events {
+		if err := b.tpm.Measure(e); err != nil {
+			return "", err
+		}
+	}
+	if err := b.tpm.CreateAK(); err != nil {
+		return "", err
+	}
+	fp := tpm.AKFingerprint(b.tpm.AKPublic())
+	b.log.Info("attestation key sha256:" + fp)
+	detail := fmt.Sprintf("PCR %d: %d events (config, firewall ruleset, %d LUKS2 headers); attestation key sha256:%s", tpm.PCR, len(events), len(b.volumes), fp[:16])
+	if degraded != "" {
+		return "", warning{detail + "; " + degraded}
+	}
+	return detail, nil
+}
+
+// Attest answers POST /v1/attest: a quote over PCR 15 for the caller's
+// nonce, with the event log and the attestation key's public part.
+func (b *boot) Attest(nonce []byte) (any, error) {
+	if b.tpm == nil {
+		return nil, fmt.Errorf("no TPM on this node: %w", mgmt.ErrNotAvailable)
+	}
+	return b.tpm.Quote(nonce)
+}
+
+// tpmStatus is the status line for the TPM.
+func (b *boot) tpmStatus() string {
+	if b.tpm == nil {
+		return "no TPM"
+	}
+	return fmt.Sprintf("TPM 2.0 at %s; PCR %d holds %d events; attestation key sha256:%s",
+		b.tpm.Device, tpm.PCR, len(b.tpm.Log()), tpm.AKFingerprint(b.tpm.AKPublic()))
+}

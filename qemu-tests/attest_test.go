@@ -1,0 +1,98 @@
+package qemutests
+
+import (
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/bulwarkvm/bulwark/internal/pki"
+	"github.com/bulwarkvm/bulwark/qemu-tests/harness"
+)
+
+// TestAttestation boots a node with a TPM (swtpm) and an encrypted
+// volume, and checks it from outside with bulwarkctl attest: the quote
+// verifies against the config the node booted with and the pinned
+// attestation key; a config one allowlist entry away fails naming the
+// config digest; a replayed answer (old nonce) fails; an answer whose
+// event log has one entry altered fails.
+func TestAttestation(t *testing.T) {
+	img := testImage(t)
+	ctlBin := buildCtl(t)
+	dir := t.TempDir()
+	ca, err := pki.Init(filepath.Join(dir, "ca"), "acme", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	node, _ := ca.IssueNode(pki.NodeRequest{Name: "db-1", IPs: []net.IP{net.ParseIP("10.99.0.10")}})
+	auditor, _ := ca.IssueClient("auditor", pki.RoleOperator, "", 0)
+	os.WriteFile(filepath.Join(dir, "auditor.pem"), auditor.CertPEM, 0o644)
+	os.WriteFile(filepath.Join(dir, "auditor.key"), auditor.KeyPEM, 0o600)
+	tlsSection, _ := json.Marshal(map[string]any{"ca": string(ca.PEM), "certificate": string(node.CertPEM), "key": string(node.KeyPEM)})
+	config := func(clients string) []byte {
+		return []byte(fmt.Sprintf(`{"version": 1, "hostname": "db-1",
+		"network": {"interfaces": [{"name": "eth0", "addresses": ["10.99.0.10/24"]}]},
+		"firewall": {"clients": [%s], "management_sources": ["10.99.0.5"]},
+		"tls": %s,
+		"volumes": [{"name": "data", "serial": "data0", "mount": "/var/lib/data"}]}`, clients, tlsSection))
+	}
+	booted := config(`"10.99.0.20", "10.99.0.21"`)
+	cfgFile, otherFile := filepath.Join(dir, "booted.json"), filepath.Join(dir, "other.json")
+	os.WriteFile(cfgFile, booted, 0o644)
+	os.WriteFile(otherFile, config(`"10.99.0.20", "10.99.0.22"`), 0o644)
+
+	n := harness.NewNet(t)
+	ops := n.AddClient("10.99.0.5/24")
+	vm := harness.Start(t, harness.Options{Name: "attest", Image: img, Config: booted, Net: n, TPM: true,
+		Disks: []string{newDisk(t, dir, "d0", 64<<20)}})
+	vm.MustWaitFor(`^bulwark: ready$`, 3*time.Minute)
+	vm.MustWaitFor(`^bulwark:   entropy +ok .*kernel RNG ready.*, TPM 2.0 at /dev/tpmrm0 mixed into every key$`, time.Second)
+	vm.MustWaitFor(`^bulwark:   measure +ok .*PCR 15: 3 events \(config, firewall ruleset, 1 LUKS2 headers\)`, time.Second)
+	akLine := vm.MustWaitFor(`^bulwark: attestation key sha256:[0-9a-f]{64}$`, time.Second)
+	ak := regexp.MustCompile(`[0-9a-f]{64}`).FindString(akLine.Text)
+
+	op := operator{t: t, from: ops, bin: ctlBin, dir: dir, caFile: filepath.Join(dir, "ca", "ca.pem")}
+	saved := filepath.Join(dir, "saved.json")
+	out, code := op.run("auditor", "attest", "--config", cfgFile, "--ak", ak, "--save", saved)
+	if code != 0 || !strings.Contains(out, "ok   config digest") || !strings.Contains(out, "(pinned)") || !strings.Contains(out, "3. luks2-header data") {
+		t.Fatalf("attest against the booted config: exit %d\n%s", code, out)
+	}
+	t.Logf("bulwarkctl attest:\n%s", out)
+	if out, code := op.run("auditor", "attest", "--config", otherFile); code != 1 || !strings.Contains(out, "FAIL config digest: the node booted with sha256:") {
+		t.Errorf("attest against a config one allowlist entry away: exit %d\n%s", code, out)
+	}
+	if out, code := op.run("auditor", "attest", "--ak", strings.Repeat("0", 64)); code != 1 || !strings.Contains(out, "not the pinned key") {
+		t.Errorf("attest with another key pinned: exit %d\n%s", code, out)
+	}
+	// A replay: the saved answer offered for a new request's nonce.
+	if out, code := op.run("", "attest", "verify", saved, "--nonce", strings.Repeat("ab", 32)); code != 1 || !strings.Contains(out, "replayed") {
+		t.Errorf("a replayed answer: exit %d\n%s", code, out)
+	}
+	// The saved answer verifies offline as it is ...
+	if out, code := op.run("", "attest", "verify", saved, "--config", cfgFile); code != 0 {
+		t.Errorf("the saved answer: exit %d\n%s", code, out)
+	}
+	// ... and not with one event log entry altered.
+	var rec map[string]any
+	b, _ := os.ReadFile(saved)
+	json.Unmarshal(b, &rec)
+	events := rec["response"].(map[string]any)["events"].([]any)
+	events[1].(map[string]any)["sha256"] = strings.Repeat("0", 64)
+	altered := filepath.Join(dir, "altered.json")
+	b, _ = json.Marshal(rec)
+	os.WriteFile(altered, b, 0o644)
+	if out, code := op.run("", "attest", "verify", altered, "--config", cfgFile); code != 1 || !strings.Contains(out, "event log replays") {
+		t.Errorf("an altered event log: exit %d\n%s", code, out)
+	}
+	if out, _ := op.run("auditor", "status"); !strings.Contains(out, "tpm: TPM 2.0 at /dev/tpmrm0; PCR 15 holds 3 events; attestation key sha256:"+ak) {
+		t.Errorf("status:\n%s", out)
+	}
+	if err := vm.PowerOff(2 * time.Minute); err != nil {
+		t.Fatal(err)
+	}
+}
