@@ -5,6 +5,7 @@ SHELL := /bin/bash
 GO    ?= go
 OUT   ?= out
 MINIO := $(OUT)/tools/minio
+PACKER := $(OUT)/tools/packer
 
 # Debian packages: the kernel and firmware the image is built from and booted
 # with, QEMU, the host tools the image build and the tests run (iptables is
@@ -16,7 +17,7 @@ DEBS := linux-image-amd64 systemd-boot-efi ovmf qemu-system-x86 qemu-utils \
 
 export CGO_ENABLED := 0
 
-.PHONY: all deps image demo test check unit fuzz qemutest minio bench-backup bench-boot bench-volumes bench-firewall bench-frontdoor bench-ipsec clean
+.PHONY: all deps image demo test check unit fuzz qemutest minio packer packer-plugin packer-docs packertest bench-backup bench-boot bench-volumes bench-firewall bench-frontdoor bench-ipsec clean
 
 all: image
 
@@ -38,12 +39,16 @@ demo: image $(MINIO)
 
 # Everything CI runs: formatting, vet, unit tests, a short fuzz run, the
 # image build (with its reproducibility check) and the QEMU tests.
-test: deps check unit fuzz image qemutest
+test: deps check unit fuzz image qemutest packertest
 
 check:
 	@unformatted=$$(gofmt -l $$(git ls-files '*.go')); \
 	if [ -n "$$unformatted" ]; then echo "gofmt needed: $$unformatted"; exit 1; fi
 	$(GO) vet ./...
+	cd packer && $(GO) vet ./...
+	@# The plugin's generated HCL2 spec and docs match its Config.
+	cd packer && $(GO) generate ./... && $(GO) tool packer-sdc renderdocs -src docs -partials website/content/partials -dst .docs >/dev/null 2>&1
+	@git diff --exit-code --stat -- packer || { echo "packer/: generated files are stale; run make packer-docs and commit"; exit 1; }
 
 # A real S3 server for the backup tests and the demo, built from the Go
 # module proxy at the version tools/minio/go.mod pins (a few minutes the
@@ -51,6 +56,25 @@ check:
 minio: $(MINIO)
 $(MINIO): tools/minio/go.mod tools/minio/go.sum
 	cd tools/minio && $(GO) build -o $(abspath $(MINIO)) github.com/minio/minio
+
+# Packer v1.12.0 for the plugin's acceptance test, built from the Go module
+# proxy at the version tools/packer/go.mod pins (a few minutes the first
+# time).
+packer: $(PACKER)
+$(PACKER): tools/packer/go.mod tools/packer/go.sum
+	cd tools/packer && $(GO) build -o $(abspath $(PACKER)) github.com/hashicorp/packer
+
+# The plugin binary, and its generated HCL2 spec and docs.
+packer-plugin:
+	cd packer && $(GO) build -o $(abspath $(OUT))/packer-plugin-bulwark .
+packer-docs:
+	cd packer && $(GO) generate ./... && $(GO) tool packer-sdc renderdocs -src docs -partials website/content/partials -dst .docs
+
+# A real Packer installs the plugin, validates and builds the example
+# template; the image boots under QEMU and equals the make path's.
+packertest: deps $(PACKER)
+	cd packer && $(GO) test -count=1 -timeout 30m -v ./... 2>&1 | tee $(abspath $(OUT))/packertest.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|_test.go:'; \
+	exit $${PIPESTATUS[0]}
 
 unit: $(MINIO)
 	$(GO) test -count=1 -timeout 20m ./internal/... ./init/... ./image/... ./cmd/...

@@ -88,7 +88,7 @@ type Report struct {
 // Build builds the image and returns its report, which is also written to
 // <OutDir>/build-report.json.
 func Build(ctx context.Context, o Options) (*Report, error) {
-	if err := o.defaults(); err != nil {
+	if err := o.Prepare(); err != nil {
 		return nil, err
 	}
 	if err := os.MkdirAll(o.OutDir, 0o755); err != nil {
@@ -150,7 +150,11 @@ func Build(ctx context.Context, o Options) (*Report, error) {
 	return rep, nil
 }
 
-func (o *Options) defaults() error {
+// Prepare fills in the defaults (the kernel version discovered from
+// linux-image-amd64, the source directory found from the working
+// directory) and checks the options; Build calls it, and the Packer
+// plugin calls it in its own Prepare so that errors come before a build.
+func (o *Options) Prepare() error {
 	if o.OutDir == "" {
 		o.OutDir = "out"
 	}
