@@ -47,7 +47,7 @@ check:
 	$(GO) vet ./...
 	cd packer && $(GO) vet ./...
 	@# The plugin's generated HCL2 spec and docs match its Config.
-	cd packer && $(GO) generate ./... && $(GO) tool packer-sdc renderdocs -src docs -partials website/content/partials -dst .docs >/dev/null 2>&1
+	cd packer && $(GO) generate ./... && rm -rf .docs && $(GO) tool packer-sdc renderdocs -src docs -partials website/content/partials -dst .docs >/dev/null 2>&1
 	@git diff --exit-code --stat -- packer || { echo "packer/: generated files are stale; run make packer-docs and commit"; exit 1; }
 
 # A real S3 server for the backup tests and the demo, built from the Go
@@ -68,7 +68,7 @@ $(PACKER): tools/packer/go.mod tools/packer/go.sum
 packer-plugin:
 	cd packer && $(GO) build -o $(abspath $(OUT))/packer-plugin-bulwark .
 packer-docs:
-	cd packer && $(GO) generate ./... && $(GO) tool packer-sdc renderdocs -src docs -partials website/content/partials -dst .docs
+	cd packer && $(GO) generate ./... && rm -rf .docs && $(GO) tool packer-sdc renderdocs -src docs -partials website/content/partials -dst .docs
 
 # A real Packer installs the plugin, validates and builds the example
 # template; the image boots under QEMU and equals the make path's.
