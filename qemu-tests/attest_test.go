@@ -3,7 +3,6 @@ package qemutests
 import (
 	"encoding/json"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -25,15 +24,7 @@ func TestAttestation(t *testing.T) {
 	img := testImage(t)
 	ctlBin := buildCtl(t)
 	dir := t.TempDir()
-	ca, err := pki.Init(filepath.Join(dir, "ca"), "acme", "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	node, _ := ca.IssueNode(pki.NodeRequest{Name: "db-1", IPs: []net.IP{net.ParseIP("10.99.0.10")}})
-	auditor, _ := ca.IssueClient("auditor", pki.RoleOperator, "", 0)
-	os.WriteFile(filepath.Join(dir, "auditor.pem"), auditor.CertPEM, 0o644)
-	os.WriteFile(filepath.Join(dir, "auditor.key"), auditor.KeyPEM, 0o600)
-	tlsSection, _ := json.Marshal(map[string]any{"ca": string(ca.PEM), "certificate": string(node.CertPEM), "key": string(node.KeyPEM)})
+	tlsSection := projectPKI(t, dir, map[string]string{"auditor": pki.RoleOperator})
 	config := func(clients string) []byte {
 		return []byte(fmt.Sprintf(`{"version": 1, "hostname": "db-1",
 		"network": {"interfaces": [{"name": "eth0", "addresses": ["10.99.0.10/24"]}]},

@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -38,14 +37,7 @@ func TestBackup(t *testing.T) {
 	keyFile := filepath.Join(dir, "svc.key")
 	os.WriteFile(keyFile, privPEM, 0o600)
 
-	ca, err := pki.Init(filepath.Join(dir, "ca"), "acme", "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	node, _ := ca.IssueNode(pki.NodeRequest{Name: "db-1", IPs: []net.IP{net.ParseIP("10.99.0.10")}})
-	robot, _ := ca.IssueClient("robot", pki.RoleControlPlane, "", 0)
-	os.WriteFile(filepath.Join(dir, "robot.pem"), robot.CertPEM, 0o644)
-	os.WriteFile(filepath.Join(dir, "robot.key"), robot.KeyPEM, 0o600)
+	tlsSection := projectPKI(t, dir, map[string]string{"robot": pki.RoleControlPlane})
 
 	n := harness.NewNet(t)
 	ops := n.AddClient("10.99.0.5/24")
@@ -57,7 +49,6 @@ func TestBackup(t *testing.T) {
 	rand.Read(mark)
 	marker := "BULWARK-BACKUP-" + hex.EncodeToString(mark) + "-"
 	config := func(region string) []byte {
-		tlsSection, _ := json.Marshal(map[string]any{"ca": string(ca.PEM), "certificate": string(node.CertPEM), "key": string(node.KeyPEM)})
 		key, _ := json.Marshal(string(pubPEM))
 		return []byte(fmt.Sprintf(`{"version": 1, "hostname": "db-1",
 		"network": {"interfaces": [{"name": "eth0", "addresses": ["10.99.0.10/24"]}]},

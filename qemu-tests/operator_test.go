@@ -2,11 +2,15 @@ package qemutests
 
 import (
 	"context"
+	"encoding/json"
+	"net"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
 
+	"github.com/bulwarkvm/bulwark/internal/pki"
 	"github.com/bulwarkvm/bulwark/qemu-tests/harness"
 )
 
@@ -50,4 +54,30 @@ func (o operator) run(who string, args ...string) (string, int) {
 		o.t.Fatal(err)
 	}
 	return string(out), code
+}
+
+// projectPKI makes a project CA in dir, a node certificate for db-1 at
+// 10.99.0.10 and a client certificate for each name with its role,
+// written as <dir>/<name>.pem and .key, where operator.run finds them. It
+// returns the node's tls config section (JSON).
+func projectPKI(t testing.TB, dir string, clients map[string]string) []byte {
+	t.Helper()
+	ca, err := pki.Init(filepath.Join(dir, "ca"), "acme", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	node, err := ca.IssueNode(pki.NodeRequest{Name: "db-1", IPs: []net.IP{net.ParseIP("10.99.0.10")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, role := range clients {
+		c, err := ca.IssueClient(name, role, "", 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		os.WriteFile(filepath.Join(dir, name+".pem"), c.CertPEM, 0o644)
+		os.WriteFile(filepath.Join(dir, name+".key"), c.KeyPEM, 0o600)
+	}
+	section, _ := json.Marshal(map[string]any{"ca": string(ca.PEM), "certificate": string(node.CertPEM), "key": string(node.KeyPEM)})
+	return section
 }
