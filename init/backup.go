@@ -47,7 +47,7 @@ func startBackups(b *boot) (string, error) {
 	b.backups = r
 	detail := fmt.Sprintf("%d sources, key %s…, region %s", len(s.Sources), keyID.String()[:16], s.Region)
 	ctx, cancel := context.WithTimeout(r.ctx, 20*time.Second)
-	_, err = r.store(ctx)
+	st, err := r.store(ctx)
 	cancel()
 	var re *objstore.RegionError
 	switch {
@@ -57,7 +57,7 @@ func startBackups(b *boot) (string, error) {
 		b.log.Warn("backup store not reachable yet; each run tries again", "err", err)
 		detail += "; store not reachable yet"
 	default:
-		detail += "; " + r.st.String()
+		detail += "; " + st.String()
 	}
 	if s.IntervalSeconds > 0 {
 		every := time.Duration(s.IntervalSeconds) * time.Second
@@ -106,14 +106,16 @@ type backups struct {
 }
 
 // store returns the object store, connecting (and checking the region)
-// the first time it succeeds.
+// the first time it succeeds. The lock is not held while connecting, so
+// status and requests are answered meanwhile; only rounds connect, one at
+// a time, besides the boot's first try.
 func (r *backups) store(ctx context.Context) (objstore.Store, error) {
 	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.st != nil {
-		return r.st, nil
+	st := r.st
+	r.mu.Unlock()
+	if st != nil {
+		return st, nil
 	}
-	var st objstore.Store
 	var err error
 	if d := r.cfg.Store.Dir; d != "" {
 		if err := os.MkdirAll(d, 0o700); err != nil {
@@ -130,7 +132,9 @@ func (r *backups) store(ctx context.Context) (objstore.Store, error) {
 	if err != nil {
 		return nil, err
 	}
+	r.mu.Lock()
 	r.st = st
+	r.mu.Unlock()
 	return st, nil
 }
 
@@ -168,7 +172,7 @@ func (r *backups) round(why string) []string {
 	if err != nil {
 		line := "store: " + err.Error()
 		r.b.log.Error("backup round failed", "err", err)
-		r.b.audit.Append(audit.KindBackup, "", why, line, "failed")
+		r.b.audit.Append(audit.KindBackup, why, "", line, "failed")
 		return []string{line}
 	}
 	o := backup.Options{
@@ -187,7 +191,7 @@ func (r *backups) round(why string) []string {
 			what = fmt.Sprintf("%s in %s", what, time.Since(start).Round(time.Millisecond))
 			r.b.log.Info("backup " + what)
 		}
-		r.b.audit.Append(audit.KindBackup, "", why, what, result)
+		r.b.audit.Append(audit.KindBackup, why, "", what, result)
 		lines = append(lines, what)
 	}
 	if n, err := backup.Prune(ctx, st, r.b.cfg.Hostname, ""); err == nil && n > 0 {
