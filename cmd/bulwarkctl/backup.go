@@ -210,7 +210,7 @@ func backupRestore(args []string, stdout, stderr io.Writer, verifyOnly bool) err
 	if err != nil {
 		return err
 	}
-	progress := newProgress(stderr, *quiet || *to == "-", m.PlaintextBytes)
+	progress := newProgress(stderr, *quiet, m.PlaintextBytes)
 	var w io.Writer = io.Discard
 	var finish func() error
 	switch {
