@@ -90,15 +90,59 @@ func (s *SegmentWriter) Write(p []byte) (int, error) {
 	return written, s.err
 }
 
+// ReadFrom reads r to its end straight into chunk buffers, saving the
+// copy Write makes (io.Copy uses it). Like Write, it seals a full chunk
+// only once a read shows that more data follows.
+func (s *SegmentWriter) ReadFrom(r io.Reader) (int64, error) {
+	if s.closed {
+		return 0, errors.New("backup: write to a closed segment")
+	}
+	size := len(s.cur) - tagLen
+	var total int64
+	for s.err == nil {
+		if s.n < size {
+			n, err := r.Read(s.cur[s.n:size])
+			s.n += n
+			total += int64(n)
+			if err == io.EOF {
+				return total, nil
+			}
+			if err != nil {
+				return total, err
+			}
+			continue
+		}
+		next := s.p.buffer()
+		n, err := r.Read(next[:size])
+		total += int64(n)
+		if n > 0 {
+			s.pushWith(false, next)
+			s.n = n
+		} else {
+			s.p.recycle(next)
+		}
+		if err == io.EOF {
+			return total, nil
+		}
+		if err != nil {
+			return total, err
+		}
+	}
+	return total, s.err
+}
+
 // push hands the current chunk to the workers, writing out finished ones
 // first while too many are in flight.
-func (s *SegmentWriter) push(final bool) {
+func (s *SegmentWriter) push(final bool) { s.pushWith(final, s.p.buffer()) }
+
+// pushWith is push with the buffer that becomes the current chunk.
+func (s *SegmentWriter) pushWith(final bool, next []byte) {
 	for s.p.full() && s.err == nil {
 		s.drain()
 	}
 	s.p.submit(&job{index: s.index, final: final, buf: s.cur, n: s.n})
 	s.index++
-	s.cur, s.n = s.p.buffer(), 0
+	s.cur, s.n = next, 0
 }
 
 func (s *SegmentWriter) drain() {
@@ -252,25 +296,58 @@ func (s *SegmentReader) Read(p []byte) (int, error) {
 			s.pos += n
 			return n, nil
 		}
-		if s.cur != nil {
-			s.p.recycle(s.cur.buf)
-			s.cur = nil
+		if err := s.advance(); err != nil {
+			return 0, err
 		}
-		if err := s.fill(); err != nil {
-			s.err = err
-			continue
-		}
-		if len(s.p.queue) == 0 {
-			return 0, io.EOF
-		}
-		j := s.p.next()
-		if j.err != nil {
-			s.p.recycle(j.buf)
-			s.err = j.err
-			continue
-		}
-		s.cur, s.pos = j, 0
 	}
+}
+
+// WriteTo writes the verified plaintext to w a chunk at a time, without
+// the copy Read makes (io.Copy uses it).
+func (s *SegmentReader) WriteTo(w io.Writer) (int64, error) {
+	var total int64
+	for {
+		if s.err != nil {
+			return total, s.err
+		}
+		if s.cur != nil && s.pos < len(s.cur.out) {
+			n, err := w.Write(s.cur.out[s.pos:])
+			s.pos += n
+			total += int64(n)
+			if err != nil {
+				return total, err
+			}
+			continue
+		}
+		if err := s.advance(); err == io.EOF {
+			return total, nil
+		} else if err != nil {
+			return total, err
+		}
+	}
+}
+
+// advance makes the next verified chunk current; io.EOF after the last.
+func (s *SegmentReader) advance() error {
+	if s.cur != nil {
+		s.p.recycle(s.cur.buf)
+		s.cur = nil
+	}
+	if err := s.fill(); err != nil {
+		s.err = err
+		return err
+	}
+	if len(s.p.queue) == 0 {
+		return io.EOF
+	}
+	j := s.p.next()
+	if j.err != nil {
+		s.p.recycle(j.buf)
+		s.err = j.err
+		return j.err
+	}
+	s.cur, s.pos = j, 0
+	return nil
 }
 
 // Close stops the workers and destroys the segment secret.

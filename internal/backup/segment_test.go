@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"testing/iotest"
 )
 
 // testKeys returns the committed test key pair (testdata/test-key.pem) and
@@ -105,6 +106,34 @@ func TestSegmentRoundTrip(t *testing.T) {
 			}
 			if !bytes.Equal(got, plain) {
 				t.Fatalf("n=%d workers=%d: plaintext differs", n, workers)
+			}
+			// Read (not WriteTo, which open's io.Copy uses), with short reads.
+			r, err := OpenSegment(bytes.NewReader(seg), kr, workers)
+			if err != nil {
+				t.Fatal(err)
+			}
+			viaRead, err := io.ReadAll(iotest.HalfReader(r))
+			r.Close()
+			if err != nil || !bytes.Equal(viaRead, plain) {
+				t.Fatalf("n=%d: Read: %d bytes, %v", n, len(viaRead), err)
+			}
+			// The same through ReadFrom (io.Copy), with short reads.
+			var out bytes.Buffer
+			w, err := NewSegmentWriter(&out, &k.PublicKey, dataHeader(7), workers)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if m, err := io.Copy(w, iotest.HalfReader(bytes.NewReader(plain))); err != nil || m != int64(n) {
+				t.Fatalf("n=%d: ReadFrom copied %d: %v", n, m, err)
+			}
+			if err := w.Close(); err != nil {
+				t.Fatal(err)
+			}
+			if len(out.Bytes()) != len(seg) {
+				t.Fatalf("n=%d: ReadFrom made %d bytes, Write %d", n, out.Len(), len(seg))
+			}
+			if got, err := open(kr, out.Bytes(), workers); err != nil || !bytes.Equal(got, plain) {
+				t.Fatalf("n=%d: the ReadFrom segment: %v", n, err)
 			}
 			if n > 16 && bytes.Contains(seg, plain[:16]) {
 				t.Fatalf("n=%d: plaintext visible in the segment", n)
