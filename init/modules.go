@@ -35,12 +35,24 @@ func loadModules(b *boot) (string, error) {
 	}
 	b.bgModules = make(chan error, 1)
 	b.goSafe("background modules", func() {
+		sent := false
+		defer func() {
+			// A panic is still an answer for the stages waiting here;
+			// goSafe then reports it and halts.
+			if r := recover(); r != nil {
+				if !sent {
+					b.bgModules <- fmt.Errorf("loading modules: panic: %v", r)
+				}
+				panic(r)
+			}
+		}()
 		start := time.Now()
 		d, _, err := loadModuleSet(b, background, kmod.LoadListQuietly)
 		if err == nil {
 			b.log.Info(fmt.Sprintf("background modules loaded: %s in %s", d, time.Since(start).Round(time.Millisecond)))
 		}
 		b.bgModules <- err
+		sent = true
 	})
 	detail = fmt.Sprintf("%s; %d for volumes and IPsec in the background", detail, len(background))
 	if degraded {
