@@ -94,7 +94,7 @@ func checkAttestation(rec attestRecord, cfgFile, pin string, stdout io.Writer) e
 		return errors.New("attestation failed")
 	}
 	fmt.Fprintf(stdout, "ok   quote signed by attestation key sha256:%s%s\n", fp, map[bool]string{true: " (pinned)", false: " (not pinned: pass --ak to require this key)"}[pin != ""])
-	fmt.Fprintf(stdout, "ok   over this request's nonce %s…\n", rec.Nonce[:16])
+	fmt.Fprintf(stdout, "ok   over this request's nonce %s…\n", rec.Nonce[:min(16, len(rec.Nonce))])
 	fmt.Fprintf(stdout, "ok   PCR %d = %s, which the event log replays to:\n", q.PCR, q.PCRSHA256)
 	var cfgEvent *tpm.Event
 	for i, e := range q.Events {
