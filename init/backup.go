@@ -201,6 +201,7 @@ func (r *backups) round(why string) []string {
 }
 
 func (r *backups) source(ctx context.Context, src config.BackupSource, o backup.Options) (string, error) {
+	var in io.ReadCloser
 	switch src.Kind {
 	case "spool":
 		res, err := backup.UploadSpool(ctx, src.Path, o)
@@ -208,26 +209,20 @@ func (r *backups) source(ctx context.Context, src config.BackupSource, o backup.
 		return what, err
 	case "tree":
 		o.Source = backup.Source{Kind: "tree", Name: src.Path}
-		t := backup.Tree(src.Path, r.staging)
-		defer t.Close()
-		m, err := backup.Write(ctx, t, o)
-		if err != nil {
-			return "", err
-		}
-		return describe(m), nil
+		in = backup.Tree(src.Path, r.staging)
 	default:
 		o.Source = backup.Source{Kind: "command", Name: strings.Join(src.Command, " ")}
-		out, err := r.command(src.Command)
-		if err != nil {
+		var err error
+		if in, err = r.command(src.Command); err != nil {
 			return "", err
 		}
-		defer out.Close()
-		m, err := backup.Write(ctx, out, o)
-		if err != nil {
-			return "", err
-		}
-		return describe(m), nil
 	}
+	defer in.Close()
+	m, err := backup.Write(ctx, in, o)
+	if err != nil {
+		return "", err
+	}
+	return describe(m), nil
 }
 
 // command starts a command source as the workload's user; its standard

@@ -93,7 +93,11 @@ func checkAttestation(rec attestRecord, cfgFile, pin string, stdout io.Writer) e
 		fmt.Fprintf(stdout, "FAIL quote: %v\n", err)
 		return errors.New("attestation failed")
 	}
-	fmt.Fprintf(stdout, "ok   quote signed by attestation key sha256:%s%s\n", fp, map[bool]string{true: " (pinned)", false: " (not pinned: pass --ak to require this key)"}[pin != ""])
+	pinned := " (not pinned: pass --ak to require this key)"
+	if pin != "" {
+		pinned = " (pinned)"
+	}
+	fmt.Fprintf(stdout, "ok   quote signed by attestation key sha256:%s%s\n", fp, pinned)
 	fmt.Fprintf(stdout, "ok   over this request's nonce %s…\n", rec.Nonce[:min(16, len(rec.Nonce))])
 	fmt.Fprintf(stdout, "ok   PCR %d = %s, which the event log replays to:\n", q.PCR, q.PCRSHA256)
 	var cfgEvent *tpm.Event

@@ -194,8 +194,11 @@ func backupRestore(args []string, stdout, stderr io.Writer, verifyOnly bool) err
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	if *node == "" || *id == "" || (!verifyOnly && *to == "") {
-		return usageError{name + ": needs --node, --id" + map[bool]string{false: " and --to", true: ""}[verifyOnly]}
+	if *node == "" || *id == "" {
+		return usageError{name + ": needs --node and --id"}
+	}
+	if !verifyOnly && *to == "" {
+		return usageError{name + ": needs --to"}
 	}
 	kr, err := loadKeyring(*keys)
 	if err != nil {
@@ -270,11 +273,14 @@ func backupRestore(args []string, stdout, stderr io.Writer, verifyOnly bool) err
 	if err != nil {
 		return err
 	}
-	verb := "restored to " + *to
+	verb, report := "restored to "+*to, stdout
 	if verifyOnly {
 		verb = "verified"
 	}
-	fmt.Fprintf(map[bool]io.Writer{true: stderr, false: stdout}[*to == "-"],
+	if *to == "-" {
+		report = stderr // stdout holds the plaintext
+	}
+	fmt.Fprintf(report,
 		"backup %s of %s (%s %s, %s, %d segments, key %s…): every chunk, segment and the manifest authentic; %s\n",
 		m.BackupID, m.Node, m.Source.Kind, m.Source.Name, mib(m.PlaintextBytes), len(m.Segments), m.KeyID[:16], verb)
 	return nil

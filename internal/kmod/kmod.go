@@ -161,19 +161,16 @@ func FilterDep(depFile []byte, files []string) ([]byte, error) {
 	return out.Bytes(), sc.Err()
 }
 
-// Load loads the named modules and their dependencies from
-// /lib/modules/<running kernel>. The first pass loads all of them at once:
-// kmodule's prober loads each module once, after its dependencies, and
-// independent modules load in parallel (loading is mostly signature checks
-// and relocation, which use every CPU). A module whose init needs a soft
-// dependency that was not there yet (libcrc32c asks the crypto API for
-// crc32c) fails in that pass; the second pass retries the failures one by
-// one, in list order, with everything else loaded. It returns the names that
-// failed both times with their errors; the caller decides which are fatal.
-func Load(names []string) (map[string]error, error) {
-	return load(names, true)
-}
-
+// load loads the named modules and their dependencies from
+// /lib/modules/<running kernel>. The first pass loads all of them, in
+// parallel when asked: kmodule's prober loads each module once, after its
+// dependencies, and independent modules load side by side (loading is
+// mostly signature checks and relocation, which use every CPU). A module
+// whose init needs a soft dependency that was not there yet (libcrc32c asks
+// the crypto API for crc32c) fails in that pass; the second pass retries
+// the failures one by one, in list order, with everything else loaded. It
+// returns the names that failed both times with their errors; the caller
+// decides which are fatal.
 func load(names []string, parallel bool) (map[string]error, error) {
 	failed, err := loadPass(names, parallel)
 	if err != nil || len(failed) == 0 {

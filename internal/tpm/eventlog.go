@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"fmt"
 )
 
@@ -64,6 +63,3 @@ func NewEvent(kind, name string, data []byte) Event {
 	sum := sha256.Sum256(data)
 	return Event{Kind: kind, Name: name, SHA256: hex.EncodeToString(sum[:])}
 }
-
-// MarshalLog and UnmarshalLog are the log's wire form (JSON).
-func MarshalLog(log []Event) ([]byte, error) { return json.Marshal(log) }
