@@ -12,11 +12,12 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"runtime"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/bulwarkvm/bulwark/internal/proc"
 )
 
 // Firmware for UEFI boots (Debian's ovmf package).
@@ -157,7 +158,7 @@ func Start(t T, o Options) *VM {
 	}
 	vm.cmd.Stderr = &lockedWriter{mu: &vm.mu, w: &vm.stderr}
 	vm.started = time.Now()
-	if err := startPinned(vm.cmd, vm.exited); err != nil {
+	if err := proc.StartPinned(vm.cmd, vm.exited); err != nil {
 		t.Fatalf("starting QEMU: %v", err)
 	}
 	go vm.readConsole(stdout)
@@ -254,7 +255,7 @@ func (vm *VM) startSwtpm() (string, error) {
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	cmd.Stderr = &lockedWriter{mu: &vm.mu, w: &vm.stderr}
 	stopped := make(chan struct{})
-	if err := startPinned(cmd, stopped); err != nil {
+	if err := proc.StartPinned(cmd, stopped); err != nil {
 		return "", fmt.Errorf("starting swtpm: %w", err)
 	}
 	addCleanup(vm.t, func() { cmd.Process.Kill(); cmd.Wait(); close(stopped) })
@@ -265,26 +266,6 @@ func (vm *VM) startSwtpm() (string, error) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	return "", fmt.Errorf("swtpm did not create %s", sock)
-}
-
-// startPinned starts cmd from an OS thread that lives until done is
-// closed. The parent-death signal (Pdeathsig) fires when the *thread* that
-// forked a child exits, and Go ends threads that a goroutine left locked
-// (the harness does that on purpose when it enters a client's network
-// namespace): a child started from an ordinary thread could be killed at
-// any moment.
-func startPinned(cmd *exec.Cmd, done <-chan struct{}) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		err := cmd.Start()
-		errc <- err
-		if err == nil {
-			<-done
-		}
-		// The thread stays locked and ends with this goroutine.
-	}()
-	return <-errc
 }
 
 // Dir is the VM's private directory (pcap files, firmware variables).
@@ -431,7 +412,7 @@ func (vm *VM) Capture(path string) (stop func()) {
 	var mu sync.Mutex
 	var errb bytes.Buffer
 	cmd.Stderr = &lockedWriter{mu: &mu, w: &errb}
-	if err := startPinned(cmd, vm.exited); err != nil {
+	if err := proc.StartPinned(cmd, vm.exited); err != nil {
 		vm.t.Fatalf("tcpdump: %v", err)
 	}
 	// tcpdump says "listening on" once it captures.

@@ -19,6 +19,8 @@ import (
 
 	"github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/credentials"
+
+	"github.com/bulwarkvm/bulwark/internal/proc"
 )
 
 // Credentials of every test server.
@@ -131,22 +133,14 @@ func (s *Server) Restart() {
 	var log strings.Builder
 	cmd.Stdout, cmd.Stderr = &log, &log
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	// Pdeathsig fires when the thread that started the child ends, so
-	// the child is started, and waited for, on a thread kept for it.
-	started, exited := make(chan error, 1), make(chan struct{})
-	go func() {
-		runtime.LockOSThread()
-		defer close(exited)
-		if err := cmd.Start(); err != nil {
-			started <- err
-			return
-		}
-		started <- nil
-		cmd.Wait()
-	}()
-	if err := <-started; err != nil {
+	exited := make(chan struct{})
+	if err := proc.StartPinned(cmd, exited); err != nil {
 		s.t.Fatalf("starting MinIO: %v", err)
 	}
+	go func() {
+		cmd.Wait()
+		close(exited)
+	}()
 	s.mu.Lock()
 	s.cmd, s.exited = cmd, exited
 	s.mu.Unlock()
