@@ -86,6 +86,52 @@ func TestS3(t *testing.T) {
 			t.Fatal("a name with .. accepted")
 		}
 	})
+	t.Run("names that need encoding, and listings in pages", func(t *testing.T) {
+		names := []string{"n/4/a b", "n/4/a+b", "n/4/c=d&e", "n/4/x~y", "n/4/ü"}
+		for _, n := range names {
+			if err := st.Put(ctx, n, strings.NewReader(n), int64(len(n))); err != nil {
+				t.Fatalf("%q: %v", n, err)
+			}
+		}
+		objstore.SetListPage(st, 2)
+		defer objstore.SetListPage(st, 0)
+		objs, err := st.List(ctx, "n/4/")
+		if err != nil || len(objs) != len(names) {
+			t.Fatalf("List in pages of 2: %+v %v", objs, err)
+		}
+		for i, o := range objs {
+			if o.Name != names[i] || o.Size != int64(len(names[i])) {
+				t.Errorf("object %d: %+v, want %q", i, o, names[i])
+			}
+			rc, err := st.Get(ctx, o.Name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, _ := io.ReadAll(rc)
+			rc.Close()
+			if string(got) != o.Name {
+				t.Errorf("%q holds %q", o.Name, got)
+			}
+			if err := st.Delete(ctx, o.Name); err != nil {
+				t.Fatal(err)
+			}
+		}
+	})
+	t.Run("wrong secret fails at once", func(t *testing.T) {
+		o := s3Options(srv, "bulwark", "eu-north-1")
+		o.SecretKey = "not-the-secret"
+		start := time.Now()
+		_, err := objstore.NewS3(ctx, o)
+		if err == nil || !strings.Contains(err.Error(), "SignatureDoesNotMatch") || strings.Contains(err.Error(), "attempts") {
+			t.Fatalf("want SignatureDoesNotMatch without retries, got %v", err)
+		}
+		if strings.Contains(err.Error(), o.SecretKey) {
+			t.Fatal("the error shows the secret")
+		}
+		if d := time.Since(start); d > 2*time.Second {
+			t.Errorf("a permanent error took %s: retried?", d)
+		}
+	})
 	t.Run("server killed during a multipart upload", func(t *testing.T) {
 		data := make([]byte, 24<<20)
 		rand.Read(data)

@@ -17,9 +17,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/minio/minio-go/v7"
-	"github.com/minio/minio-go/v7/pkg/credentials"
-
+	"github.com/bulwarkvm/bulwark/internal/objstore"
 	"github.com/bulwarkvm/bulwark/internal/proc"
 )
 
@@ -163,11 +161,8 @@ func (s *Server) Restart() {
 // MakeBucket creates a bucket in the server's region.
 func (s *Server) MakeBucket(t T, name string) {
 	t.Helper()
-	c, err := minio.New(s.Addr, &minio.Options{Creds: credentials.NewStaticV4(AccessKey, SecretKey, ""), Region: s.Region, Transport: s.client.Transport})
-	if err != nil {
-		t.Fatalf("%v", err)
-	}
-	if err := c.MakeBucket(context.Background(), name, minio.MakeBucketOptions{Region: s.Region}); err != nil {
+	o := objstore.S3Options{Endpoint: s.Endpoint(), AllowHTTP: true, Bucket: name, Region: s.Region, AccessKey: AccessKey, SecretKey: SecretKey, Transport: s.client.Transport}
+	if err := objstore.CreateBucket(context.Background(), o); err != nil {
 		t.Fatalf("making bucket %s: %v", name, err)
 	}
 }
