@@ -20,6 +20,7 @@ import (
 	"github.com/bulwarkvm/bulwark/internal/config"
 	"github.com/bulwarkvm/bulwark/internal/firewall"
 	"github.com/bulwarkvm/bulwark/internal/ipsec"
+	"github.com/bulwarkvm/bulwark/internal/kmod"
 	"github.com/bulwarkvm/bulwark/internal/proc"
 	"github.com/bulwarkvm/bulwark/internal/tpm"
 	"github.com/bulwarkvm/bulwark/internal/volume"
@@ -60,6 +61,8 @@ type boot struct {
 	// bgModules carries the result of the background module load
 	// (awaitModules).
 	bgModules chan error
+	// onDemand are the modules only a config volume needs.
+	onDemand []kmod.Module
 }
 
 type result struct {

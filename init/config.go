@@ -14,7 +14,7 @@ import (
 // it: an invalid document halts the node with nothing formatted and no
 // service started.
 func readConfig(b *boot) (string, error) {
-	doc, src, err := config.Locate(5*time.Second, "/sys", "/dev", "/run/bulwark/config-volume")
+	doc, src, err := config.Locate(5*time.Second, "/sys", "/dev", "/run/bulwark/config-volume", b.loadOnDemand)
 	if err != nil {
 		return "", err
 	}

@@ -17,8 +17,9 @@ const modulesList = "/etc/bulwark/modules.list"
 // ones the early stages need now, the ones only the volumes and IPsec
 // stages need (dm-crypt, ext4, XFRM, ESP and their ciphers) in the
 // background while config, firewall and network run; those two stages
-// wait for them (awaitModules). A required module that fails is fatal; an
-// optional one (CPU-specific acceleration) is a warning.
+// wait for them (awaitModules). The config volume's file systems load only
+// when there is a config volume (loadOnDemand). A required module that
+// fails is fatal; an optional one (CPU-specific acceleration) is a warning.
 func loadModules(b *boot) (string, error) {
 	raw, err := os.ReadFile(modulesList)
 	if err != nil {
@@ -28,7 +29,8 @@ func loadModules(b *boot) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	early, background := kmod.Split(mods)
+	early, onDemand, background := kmod.Split(mods)
+	b.onDemand = onDemand
 	detail, degraded, err := loadModuleSet(b, early, kmod.LoadList)
 	if err != nil {
 		return "", err
@@ -54,11 +56,23 @@ func loadModules(b *boot) (string, error) {
 		b.bgModules <- err
 		sent = true
 	})
-	detail = fmt.Sprintf("%s; %d for volumes and IPsec in the background", detail, len(background))
+	detail = fmt.Sprintf("%s; %d for volumes and IPsec in the background, %d for a config volume when there is one", detail, len(background), len(onDemand))
 	if degraded {
 		return "", warning{detail}
 	}
 	return detail, nil
+}
+
+// loadOnDemand loads the config volume's file system modules; the config
+// stage calls it only when it has found a config volume.
+func (b *boot) loadOnDemand() error {
+	start := time.Now()
+	detail, _, err := loadModuleSet(b, b.onDemand, kmod.LoadList)
+	if err != nil {
+		return err
+	}
+	b.log.Info(fmt.Sprintf("config volume modules loaded: %s in %s", detail, time.Since(start).Round(time.Millisecond)))
+	return nil
 }
 
 // awaitModules waits for the background modules; the stages that need

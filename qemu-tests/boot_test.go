@@ -41,6 +41,11 @@ func TestDirectBoot(t *testing.T) {
 	if !strings.Contains(console, "kernel RNG ready, no TPM") {
 		t.Errorf("a node without a TPM did not report \"no TPM\"")
 	}
+	// Configured through fw_cfg, the node never loads the config
+	// volume's file systems.
+	if strings.Contains(console, "config volume modules loaded") {
+		t.Errorf("a node configured through fw_cfg loaded the config volume's modules")
+	}
 
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -75,6 +80,8 @@ func TestUEFIBoot(t *testing.T) {
 	if !strings.Contains(vm.Console(), "config accepted source=\"volume BULWARKCFG") {
 		t.Errorf("config did not come from the volume")
 	}
+	// The file system modules load on demand, when the volume is found.
+	vm.MustWaitFor(`^bulwark: config volume modules loaded: 5 modules in `, time.Second)
 	if !strings.Contains(vm.Console(), "kernel RNG ready, TPM 2.0 at /dev/tpmrm0 mixed into every key") {
 		t.Errorf("the node did not see the swtpm TPM")
 	}

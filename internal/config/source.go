@@ -38,8 +38,10 @@ func (s Source) String() string {
 // labelled BULWARKCFG (vfat or iso9660, file config.json), waiting up to
 // wait for the devices to appear. Both present is an error: the node will
 // not guess which one its operator meant. mountDir is an empty directory for
-// mounting the volume read-only.
-func Locate(wait time.Duration, sysfs, devDir, mountDir string) ([]byte, Source, error) {
+// mounting the volume read-only; beforeMount, when set, runs first (the
+// init loads the vfat and iso9660 modules there, which a node configured
+// through fw_cfg never needs).
+func Locate(wait time.Duration, sysfs, devDir, mountDir string, beforeMount func() error) ([]byte, Source, error) {
 	deadline := time.Now().Add(wait)
 	for {
 		doc, fwErr := readFwCfg(sysfs)
@@ -50,6 +52,11 @@ func Locate(wait time.Duration, sysfs, devDir, mountDir string) ([]byte, Source,
 		case fwErr == nil:
 			return doc, Source{Kind: "fw_cfg"}, nil
 		case volErr == nil:
+			if beforeMount != nil {
+				if err := beforeMount(); err != nil {
+					return nil, Source{}, fmt.Errorf("config: volume %s: %w", dev, err)
+				}
+			}
 			doc, err := readVolume(dev, mountDir)
 			return doc, Source{Kind: "volume", Device: dev}, err
 		case !errors.Is(fwErr, os.ErrNotExist):

@@ -29,6 +29,10 @@ type Module struct {
 	// algorithms that other modules provide (drbg's self-test needs
 	// hmac(sha512)), and the others load in parallel.
 	Late bool
+	// OnDemand modules are loaded only when a stage asks for them: the
+	// config volume's file systems, which a node configured through
+	// fw_cfg never mounts.
+	OnDemand bool
 	// Background modules serve only the stages after the network
 	// (volumes, IPsec): the init loads them while the config, firewall
 	// and network stages run, and those stages wait for them.
@@ -56,11 +60,11 @@ var Modules = []Module{
 	{Name: "crc32c_generic", Why: "ext4 metadata checksums; libcrc32c (under nf_conntrack) needs it when it loads"},
 	{Name: "crc32c_intel", Optional: true, Why: "faster crc32c"},
 	{Name: "ext4", Background: true, Why: "data volume filesystem"},
-	{Name: "nls_cp437", Why: "vfat config volume"},
-	{Name: "nls_ascii", Why: "vfat config volume"},
-	{Name: "nls_utf8", Why: "vfat config volume"},
-	{Name: "vfat", Why: "vfat config volume"},
-	{Name: "isofs", Why: "iso9660 config volume"},
+	{Name: "nls_cp437", OnDemand: true, Why: "vfat config volume"},
+	{Name: "nls_ascii", OnDemand: true, Why: "vfat config volume"},
+	{Name: "nls_utf8", OnDemand: true, Why: "vfat config volume"},
+	{Name: "vfat", OnDemand: true, Why: "vfat config volume"},
+	{Name: "isofs", OnDemand: true, Why: "iso9660 config volume"},
 	{Name: "nf_tables", Why: "firewall"},
 	{Name: "nf_conntrack", Why: "firewall state"},
 	{Name: "nft_ct", Why: "firewall state"},
@@ -225,17 +229,20 @@ func loadList(mods []Module, parallel bool) (map[string]error, error) {
 	return failed, err
 }
 
-// Split divides a list into the modules the early stages need and the
-// background ones.
-func Split(mods []Module) (early, background []Module) {
+// Split divides a list into the modules the early stages need, the ones
+// loaded on demand, and the background ones.
+func Split(mods []Module) (early, onDemand, background []Module) {
 	for _, m := range mods {
-		if m.Background {
+		switch {
+		case m.OnDemand:
+			onDemand = append(onDemand, m)
+		case m.Background:
 			background = append(background, m)
-		} else {
+		default:
 			early = append(early, m)
 		}
 	}
-	return early, background
+	return early, onDemand, background
 }
 
 func loadPass(names []string, parallel bool) (map[string]error, error) {
@@ -270,7 +277,7 @@ func loadPass(names []string, parallel bool) (map[string]error, error) {
 }
 
 // ParseList reads a module list as the image ships it: one name per line,
-// then its flags: optional, late, background.
+// then its flags: optional, late, background, ondemand.
 func ParseList(b []byte) ([]Module, error) {
 	var mods []Module
 	for i, line := range strings.Split(string(b), "\n") {
@@ -288,8 +295,10 @@ func ParseList(b []byte) ([]Module, error) {
 				m.Late = true
 			case "background":
 				m.Background = true
+			case "ondemand":
+				m.OnDemand = true
 			default:
-				return nil, fmt.Errorf("kmod: module list line %d: %q is not \"name [optional] [late] [background]\"", i+1, line)
+				return nil, fmt.Errorf("kmod: module list line %d: %q is not \"name [optional] [late] [background] [ondemand]\"", i+1, line)
 			}
 		}
 		mods = append(mods, m)
@@ -310,6 +319,9 @@ func FormatList(mods []Module) []byte {
 		}
 		if m.Background {
 			b.WriteString(" background")
+		}
+		if m.OnDemand {
+			b.WriteString(" ondemand")
 		}
 		b.WriteByte('\n')
 	}
