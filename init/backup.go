@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"crypto/rsa"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -17,6 +18,7 @@ import (
 	"github.com/bulwarkvm/bulwark/internal/config"
 	"github.com/bulwarkvm/bulwark/internal/mgmt"
 	"github.com/bulwarkvm/bulwark/internal/objstore"
+	"github.com/bulwarkvm/bulwark/internal/pki"
 	"github.com/bulwarkvm/bulwark/internal/proc"
 )
 
@@ -124,9 +126,15 @@ func (r *backups) store(ctx context.Context) (objstore.Store, error) {
 		st, err = objstore.NewDir(d)
 	} else {
 		c := r.cfg.Store.S3
+		var roots *x509.CertPool
+		if c.CA != "" {
+			if roots, err = pki.ParsePool([]byte(c.CA)); err != nil {
+				return nil, err // validated with the config; not reached
+			}
+		}
 		st, err = objstore.NewS3(ctx, objstore.S3Options{
 			Endpoint: c.Endpoint, AllowHTTP: c.AllowHTTP, Bucket: c.Bucket, Prefix: c.Prefix,
-			Region: r.cfg.Region, AccessKey: c.AccessKey, SecretKey: c.SecretKey,
+			Region: r.cfg.Region, AccessKey: c.AccessKey, SecretKey: c.SecretKey, RootCAs: roots,
 		})
 	}
 	if err != nil {

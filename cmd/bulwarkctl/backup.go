@@ -3,6 +3,7 @@ package main
 import (
 	"archive/tar"
 	"context"
+	"crypto/x509"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/bulwarkvm/bulwark/internal/backup"
 	"github.com/bulwarkvm/bulwark/internal/objstore"
+	"github.com/bulwarkvm/bulwark/internal/pki"
 )
 
 func backupCommand(args []string, stdout, stderr io.Writer) error {
@@ -86,8 +88,8 @@ func backupKeygen(args []string, stdout io.Writer) error {
 }
 
 type storeFlags struct {
-	store, endpoint, region *string
-	allowHTTP               *bool
+	store, endpoint, region, ca *string
+	allowHTTP                   *bool
 }
 
 func addStoreFlags(fs *flag.FlagSet) storeFlags {
@@ -96,6 +98,7 @@ func addStoreFlags(fs *flag.FlagSet) storeFlags {
 		endpoint:  fs.String("endpoint", "", "S3 endpoint URL (s3 stores)"),
 		region:    fs.String("region", "", "the region the bucket must be in (s3 stores)"),
 		allowHTTP: fs.Bool("allow-http", false, "accept a plain-http S3 endpoint"),
+		ca:        fs.String("ca", "", "PEM file of the CA certificates that anchor the S3 endpoint (default: the system's roots)"),
 	}
 }
 
@@ -113,8 +116,18 @@ func (f storeFlags) open(ctx context.Context) (objstore.Store, error) {
 	if err != nil || u.Host == "" {
 		return nil, usageError{fmt.Sprintf("--store %q is not s3://BUCKET[/PREFIX]", s)}
 	}
+	var roots *x509.CertPool
+	if *f.ca != "" {
+		b, err := os.ReadFile(*f.ca)
+		if err != nil {
+			return nil, err
+		}
+		if roots, err = pki.ParsePool(b); err != nil {
+			return nil, fmt.Errorf("--ca %s: %w", *f.ca, err)
+		}
+	}
 	return objstore.NewS3(ctx, objstore.S3Options{
-		Endpoint: *f.endpoint, AllowHTTP: *f.allowHTTP, Bucket: u.Host, Prefix: u.Path,
+		Endpoint: *f.endpoint, AllowHTTP: *f.allowHTTP, Bucket: u.Host, Prefix: u.Path, RootCAs: roots,
 		Region: *f.region, AccessKey: os.Getenv("AWS_ACCESS_KEY_ID"), SecretKey: os.Getenv("AWS_SECRET_ACCESS_KEY"),
 	})
 }

@@ -84,6 +84,10 @@ type S3 struct {
 	Prefix    string `json:"prefix,omitempty"`
 	AccessKey string `json:"access_key"`
 	SecretKey string `json:"secret_key"`
+	// CA holds the PEM certificates that anchor the endpoint's TLS
+	// certificate: the image carries no system root store, so an https
+	// endpoint names its trust anchors here.
+	CA string `json:"ca,omitempty"`
 }
 
 // BackupSource is one thing to back up.

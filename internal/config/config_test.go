@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/bulwarkvm/bulwark/internal/pki"
 )
 
 func TestExamplesParse(t *testing.T) {
@@ -159,7 +161,7 @@ func backupDoc(t *testing.T, bits int, mutate string) string {
 	der, _ := x509.MarshalPKIXPublicKey(&k.PublicKey)
 	key, _ := json.Marshal(string(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der})))
 	sec := `"region":"eu-north-1","public_key":` + string(key) + `,
-		"store":{"s3":{"endpoint":"https://10.99.0.40:9000","bucket":"backups","access_key":"a","secret_key":"s"}},
+		"store":{"s3":{"endpoint":"https://10.99.0.40:9000","bucket":"backups","access_key":"a","secret_key":"s","ca":` + s3CA(t) + `}},
 		"sources":[{"kind":"tree","path":"/data/pg"},{"kind":"spool","path":"/data/wal"},{"kind":"command","command":["/usr/bin/pg_basebackup","-D","-"]}]`
 	if mutate != "" {
 		sec = mutate
@@ -171,6 +173,17 @@ func backupDoc(t *testing.T, bits int, mutate string) string {
 		"workload":{"command":["/usr/bin/x"],"uid":70,"gid":70},
 		"firewall":{"egress":{"backup":[{"address":"10.99.0.40","port":9000}]}},
 		"backup":{` + sec + `}}`
+}
+
+// s3CA is a JSON string holding a CA certificate.
+func s3CA(t *testing.T) string {
+	t.Helper()
+	ca, err := pki.Init(t.TempDir(), "s3", pki.ECDSAP256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	j, _ := json.Marshal(string(ca.PEM))
+	return string(j)
 }
 
 func TestBackupSection(t *testing.T) {
@@ -190,6 +203,9 @@ func TestBackupSection(t *testing.T) {
 		{"not in egress", `+"region":"r","store":{"s3":{"endpoint":"https://10.99.0.41:9000","bucket":"bkt","access_key":"a","secret_key":"s"}},"sources":[{"kind":"tree","path":"/data"}]`, "not in firewall.egress.backup"},
 		{"bucket", `+"region":"r","store":{"s3":{"endpoint":"https://10.99.0.40:9000","bucket":"Bad_Bucket","access_key":"a","secret_key":"s"}},"sources":[{"kind":"tree","path":"/data"}]`, "backup.store.s3.bucket"},
 		{"no keys", `+"region":"r","store":{"s3":{"endpoint":"https://10.99.0.40:9000","bucket":"bkt"}},"sources":[{"kind":"tree","path":"/data"}]`, "access_key and secret_key"},
+		{"https without ca", `+"region":"r","store":{"s3":{"endpoint":"https://10.99.0.40:9000","bucket":"bkt","access_key":"a","secret_key":"s"}},"sources":[{"kind":"tree","path":"/data"}]`, "backup.store.s3.ca: an https endpoint needs"},
+		{"ca not a certificate", `+"region":"r","store":{"s3":{"endpoint":"https://10.99.0.40:9000","bucket":"bkt","access_key":"a","secret_key":"s","ca":"-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n"}},"sources":[{"kind":"tree","path":"/data"}]`, "backup.store.s3.ca: pki: certificate 1: a PEM PUBLIC KEY block"},
+		{"ca garbage", `+"region":"r","store":{"s3":{"endpoint":"https://10.99.0.40:9000","bucket":"bkt","access_key":"a","secret_key":"s","ca":"hello"}},"sources":[{"kind":"tree","path":"/data"}]`, "backup.store.s3.ca: pki: certificate 1: not PEM"},
 		{"path off volume", `+"region":"r",` + strings.Replace(store, `"path":"/data"`, `"path":"/etc"`, 1), "backup.sources[0].path"},
 		{"kind", `+"region":"r",` + strings.Replace(store, `"tree"`, `"disk"`, 1), "backup.sources[0].kind"},
 		{"no sources", `+"region":"r","store":{"dir":"/data/bk"},"sources":[]`, "backup.sources: 0 sources"},

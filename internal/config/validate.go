@@ -175,6 +175,14 @@ func (c *Config) validateS3(s *S3) error {
 			return fmt.Errorf("backup.store.s3.endpoint: %s port %d is not in firewall.egress.backup, so the firewall would refuse every upload", addr, port)
 		}
 	}
+	switch {
+	case u.Scheme == "https" && s.CA == "":
+		return errors.New("backup.store.s3.ca: an https endpoint needs the PEM certificates of the CA that signs its certificate (the image has no system root store)")
+	case s.CA != "":
+		if _, err := pki.ParsePool([]byte(s.CA)); err != nil {
+			return fmt.Errorf("backup.store.s3.ca: %w", err)
+		}
+	}
 	return nil
 }
 

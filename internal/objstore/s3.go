@@ -6,6 +6,7 @@ import (
 	"crypto/md5"
 	"crypto/sha256"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/xml"
@@ -41,8 +42,11 @@ type S3Options struct {
 	// the client's own retries of single requests.
 	Attempts int
 	Backoff  time.Duration
+	// RootCAs are the trust anchors of an https endpoint; nil means the
+	// system's (a host; the node has none and always sets them).
+	RootCAs *x509.CertPool
 	// Transport, when set, carries the requests (tests dial inside a
-	// network namespace).
+	// network namespace); RootCAs then do not apply.
 	Transport http.RoundTripper
 }
 
@@ -103,7 +107,7 @@ func NewS3(ctx context.Context, o S3Options) (*S3, error) {
 	if tr == nil {
 		tr = &http.Transport{
 			DialContext:           (&net.Dialer{Timeout: 15 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
-			TLSClientConfig:       &tls.Config{MinVersion: tls.VersionTLS12},
+			TLSClientConfig:       &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: o.RootCAs},
 			TLSHandshakeTimeout:   15 * time.Second,
 			ResponseHeaderTimeout: 2 * time.Minute,
 			IdleConnTimeout:       90 * time.Second,

@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/x509"
 	"errors"
 	"io"
+	"net"
 	"strings"
 	"sync"
 	"testing"
@@ -13,6 +15,7 @@ import (
 
 	"github.com/bulwarkvm/bulwark/internal/objstore"
 	"github.com/bulwarkvm/bulwark/internal/objstore/miniotest"
+	"github.com/bulwarkvm/bulwark/internal/pki"
 )
 
 func s3Options(srv *miniotest.Server, bucket, region string) objstore.S3Options {
@@ -222,5 +225,50 @@ func TestDir(t *testing.T) {
 	}
 	if _, err := st.Get(ctx, "a/none"); !errors.Is(err, objstore.ErrNotFound) {
 		t.Fatal(err)
+	}
+}
+
+// TestS3TLS: an https endpoint is trusted through the given CA only.
+func TestS3TLS(t *testing.T) {
+	ca, err := pki.Init(t.TempDir(), "s3", pki.ECDSAP256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, err := ca.IssueNode(pki.NodeRequest{Name: "127.0.0.1", IPs: []net.IP{net.IPv4(127, 0, 0, 1)}, KeyType: pki.ECDSAP256})
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots, err := pki.ParsePool(ca.PEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := miniotest.Start(t, miniotest.Options{Region: "eu-north-1", TLSCert: leaf.CertPEM, TLSKey: leaf.KeyPEM, Roots: roots})
+	srv.MakeBucket(t, "bulwark")
+	ctx := context.Background()
+	o := s3Options(srv, "bulwark", "eu-north-1")
+	o.AllowHTTP, o.Attempts = false, 1
+	if !strings.HasPrefix(o.Endpoint, "https://") {
+		t.Fatalf("endpoint %s", o.Endpoint)
+	}
+
+	o.RootCAs = roots
+	st, err := objstore.NewS3(ctx, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Put(ctx, "n/1/m", strings.NewReader("over tls"), 8); err != nil {
+		t.Fatal(err)
+	}
+
+	other, err := pki.Init(t.TempDir(), "other", pki.ECDSAP256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	otherRoots, _ := pki.ParsePool(other.PEM)
+	for name, r := range map[string]*x509.CertPool{"another CA": otherRoots, "the system's roots": nil} {
+		o.RootCAs = r
+		if _, err := objstore.NewS3(ctx, o); err == nil || !strings.Contains(err.Error(), "certificate") {
+			t.Errorf("%s: want a certificate error, got %v", name, err)
+		}
 	}
 }

@@ -6,6 +6,7 @@
 package pki
 
 import (
+	"bytes"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -200,6 +201,35 @@ func ParseCertificate(pemData []byte) (*x509.Certificate, error) {
 		return nil, fmt.Errorf("pki: %w", err)
 	}
 	return c, nil
+}
+
+// ParsePool parses one or more PEM certificates, and nothing else, into a
+// pool of trust anchors.
+func ParsePool(pemData []byte) (*x509.CertPool, error) {
+	pool := x509.NewCertPool()
+	n := 0
+	for rest := pemData; ; n++ {
+		var b *pem.Block
+		b, rest = pem.Decode(rest)
+		if b == nil {
+			if len(bytes.TrimSpace(rest)) > 0 {
+				return nil, fmt.Errorf("pki: certificate %d: not PEM", n+1)
+			}
+			break
+		}
+		if b.Type != "CERTIFICATE" {
+			return nil, fmt.Errorf("pki: certificate %d: a PEM %s block, not a CERTIFICATE", n+1, b.Type)
+		}
+		c, err := x509.ParseCertificate(b.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("pki: certificate %d: %w", n+1, err)
+		}
+		pool.AddCert(c)
+	}
+	if n == 0 {
+		return nil, errors.New("pki: no PEM CERTIFICATE block")
+	}
+	return pool, nil
 }
 
 // ParseKey parses a PKCS#8 PEM private key.

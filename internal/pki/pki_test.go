@@ -4,6 +4,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/rsa"
 	"crypto/x509"
+	"encoding/pem"
 	"net"
 	"os"
 	"path/filepath"
@@ -112,5 +113,35 @@ func TestRefusals(t *testing.T) {
 	os.Chmod(filepath.Join(dir, CAKeyFile), 0o644)
 	if _, err := Load(dir); err == nil || !strings.Contains(err.Error(), "readable by others") {
 		t.Fatalf("world-readable key: %v", err)
+	}
+}
+
+func TestParsePool(t *testing.T) {
+	a, err := Init(t.TempDir(), "a", ECDSAP256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := Init(t.TempDir(), "b", ECDSAP256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool, err := ParsePool(append(append([]byte{}, a.PEM...), b.PEM...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ca := range []*CA{a, b} {
+		if _, err := ca.Cert.Verify(x509.VerifyOptions{Roots: pool}); err != nil {
+			t.Errorf("%s not in the pool: %v", ca.Cert.Subject, err)
+		}
+	}
+	for name, bad := range map[string][]byte{
+		"empty":         nil,
+		"a key":         append(append([]byte{}, a.PEM...), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: []byte{1}})...),
+		"trailing text": append(append([]byte{}, a.PEM...), "hello"...),
+		"bad DER":       pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: []byte{1, 2}}),
+	} {
+		if _, err := ParsePool(bad); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
 	}
 }

@@ -5,6 +5,8 @@ package miniotest
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"net"
 	"net/http"
@@ -56,6 +58,7 @@ type Server struct {
 	Addr   string // host:port
 	Region string
 	dir    string
+	certs  string // the certificate directory, for https
 	netns  string
 	client *http.Client
 	mu     sync.Mutex
@@ -71,6 +74,11 @@ type Options struct {
 	// and Dial reaches it there; both or neither.
 	Netns string
 	Dial  func(ctx context.Context, network, addr string) (net.Conn, error)
+	// TLSCert and TLSKey (PEM), when set, make the server speak https
+	// with that certificate; Roots then let the helper's own client
+	// trust it.
+	TLSCert, TLSKey []byte
+	Roots           *x509.CertPool
 }
 
 // Start starts a server and waits until it answers; it is stopped when the
@@ -85,7 +93,7 @@ func Start(t T, o Options) *Server {
 		o.Addr = l.Addr().String()
 		l.Close()
 	}
-	tr := &http.Transport{DisableKeepAlives: true}
+	tr := &http.Transport{DisableKeepAlives: true, TLSClientConfig: &tls.Config{RootCAs: o.Roots}}
 	if o.Dial != nil {
 		tr.DialContext = o.Dial
 	}
@@ -95,13 +103,33 @@ func Start(t T, o Options) *Server {
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	s := &Server{t: t, Addr: o.Addr, Region: o.Region, dir: dir, netns: o.Netns, client: &http.Client{Transport: tr, Timeout: 5 * time.Second}}
+	if o.TLSCert != nil {
+		// MinIO reads public.crt and private.key from its certificate
+		// directory, kept outside the data directory.
+		s.certs = dir + "-certs"
+		t.Cleanup(func() { os.RemoveAll(s.certs) })
+		if err := os.Mkdir(s.certs, 0o700); err != nil {
+			t.Fatalf("%v", err)
+		}
+		if err := os.WriteFile(filepath.Join(s.certs, "public.crt"), o.TLSCert, 0o600); err != nil {
+			t.Fatalf("%v", err)
+		}
+		if err := os.WriteFile(filepath.Join(s.certs, "private.key"), o.TLSKey, 0o600); err != nil {
+			t.Fatalf("%v", err)
+		}
+	}
 	s.Restart()
 	t.Cleanup(s.Stop)
 	return s
 }
 
 // Endpoint is the server's URL.
-func (s *Server) Endpoint() string { return "http://" + s.Addr }
+func (s *Server) Endpoint() string {
+	if s.certs != "" {
+		return "https://" + s.Addr
+	}
+	return "http://" + s.Addr
+}
 
 // Stop kills the server (as a crash would) and waits for it.
 func (s *Server) Stop() {
@@ -120,7 +148,11 @@ func (s *Server) Restart() {
 	s.t.Helper()
 	s.Stop()
 	host, _, _ := net.SplitHostPort(s.Addr)
-	args := []string{Binary(s.t), "server", "--quiet", "--address", s.Addr, "--console-address", net.JoinHostPort(host, "0"), s.dir}
+	args := []string{Binary(s.t), "server", "--quiet", "--address", s.Addr, "--console-address", net.JoinHostPort(host, "0")}
+	if s.certs != "" {
+		args = append(args, "--certs-dir", s.certs)
+	}
+	args = append(args, s.dir)
 	if s.netns != "" {
 		// ip netns exec execs the server, so the process is MinIO itself.
 		args = append([]string{"ip", "netns", "exec", s.netns}, args...)
@@ -161,7 +193,7 @@ func (s *Server) Restart() {
 // MakeBucket creates a bucket in the server's region.
 func (s *Server) MakeBucket(t T, name string) {
 	t.Helper()
-	o := objstore.S3Options{Endpoint: s.Endpoint(), AllowHTTP: true, Bucket: name, Region: s.Region, AccessKey: AccessKey, SecretKey: SecretKey, Transport: s.client.Transport}
+	o := objstore.S3Options{Endpoint: s.Endpoint(), Bucket: name, Region: s.Region, AccessKey: AccessKey, SecretKey: SecretKey, Transport: s.client.Transport}
 	if err := objstore.CreateBucket(context.Background(), o); err != nil {
 		t.Fatalf("making bucket %s: %v", name, err)
 	}
