@@ -18,6 +18,8 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/klauspost/compress/zstd"
+
 	"github.com/bulwarkvm/bulwark/internal/efidisk"
 	"github.com/bulwarkvm/bulwark/internal/elfdeps"
 	"github.com/bulwarkvm/bulwark/internal/initramfs"
@@ -66,6 +68,8 @@ type Part struct {
 	Name  string `json:"name"`
 	Files int    `json:"files"`
 	Bytes int64  `json:"bytes"`
+	// Note says more, for example how many files are compressed.
+	Note string `json:"note,omitempty"`
 }
 
 // Artifact is one output file with its digest.
@@ -233,6 +237,10 @@ func (o *Options) assemble(initBin string, rep *Report) (*initramfs.Archive, int
 	if err != nil {
 		return nil, 0, err
 	}
+	compressed, err := kmod.BackgroundOnly(o.Root, o.KernelVersion, mods)
+	if err != nil {
+		return nil, 0, err
+	}
 	modDir := kmod.ModuleDir(o.Root, o.KernelVersion)
 	// Modules go under /usr/lib/modules: with Debian's merged /usr, /lib is
 	// a symlink to usr/lib in the archive, and kmodule looks in both places.
@@ -241,6 +249,12 @@ func (o *Options) assemble(initBin string, rep *Report) (*initramfs.Archive, int
 		b, err := os.ReadFile(filepath.Join(modDir, f))
 		if err != nil {
 			return nil, 0, err
+		}
+		if slices.Contains(compressed, f) {
+			if b, err = compressModule(b); err != nil {
+				return nil, 0, fmt.Errorf("compressing %s: %w", f, err)
+			}
+			f += kmod.CompressedSuffix
 		}
 		modBytes += int64(len(b))
 		if err := a.AddFile(filepath.Join(moduleRoot, o.KernelVersion, f), b, 0o644); err != nil {
@@ -251,7 +265,7 @@ func (o *Options) assemble(initBin string, rep *Report) (*initramfs.Archive, int
 	if err != nil {
 		return nil, 0, err
 	}
-	dep, err = kmod.FilterDep(dep, files)
+	dep, err = kmod.FilterDep(dep, files, compressed)
 	if err != nil {
 		return nil, 0, err
 	}
@@ -267,7 +281,8 @@ func (o *Options) assemble(initBin string, rep *Report) (*initramfs.Archive, int
 	if err := a.AddFile("/etc/bulwark/modules.list", kmod.FormatList(mods), 0o644); err != nil {
 		return nil, 0, err
 	}
-	rep.Parts = append(rep.Parts, Part{Name: "modules", Files: len(files), Bytes: modBytes})
+	rep.Parts = append(rep.Parts, Part{Name: "modules", Files: len(files), Bytes: modBytes,
+		Note: fmt.Sprintf("%d background-only files zstd-compressed", len(compressed))})
 
 	// ELF tools and their libraries, under their host paths.
 	tools := append(slices.Clone(DefaultTools), o.ExtraTools...)
@@ -388,7 +403,11 @@ func describe(p string) (Artifact, error) {
 func (r *Report) Format(w io.Writer) {
 	fmt.Fprintf(w, "bulwark image (kernel %s)\n", r.KernelVersion)
 	for _, p := range r.Parts {
-		fmt.Fprintf(w, "  %-12s %4d files  %s\n", p.Name, p.Files, human(p.Bytes))
+		fmt.Fprintf(w, "  %-12s %4d files  %s", p.Name, p.Files, human(p.Bytes))
+		if p.Note != "" {
+			fmt.Fprintf(w, "  (%s)", p.Note)
+		}
+		fmt.Fprintln(w)
 	}
 	fmt.Fprintf(w, "  %-12s            %s uncompressed, %s compressed (goal ≤ 10.0 MiB)\n", "initramfs", human(r.InitramfsRaw), human(r.InitramfsCompressed))
 	for _, a := range r.Artifacts {
@@ -404,4 +423,15 @@ func human(n int64) string {
 		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
 	}
 	return fmt.Sprintf("%d B", n)
+}
+
+// compressModule compresses a module file with zstd at its best ratio, on
+// one thread so that the output depends on the input alone.
+func compressModule(b []byte) ([]byte, error) {
+	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedBestCompression), zstd.WithEncoderConcurrency(1))
+	if err != nil {
+		return nil, err
+	}
+	defer enc.Close()
+	return enc.EncodeAll(b, nil), nil
 }

@@ -140,13 +140,48 @@ func ModuleDir(root, kver string) string {
 	return filepath.Join(root, "lib/modules", kver)
 }
 
+// CompressedSuffix ends the name of a module file the image carries
+// compressed; kmodule decompresses it when it loads the module.
+const CompressedSuffix = ".zst"
+
+// BackgroundOnly returns the module files that only background modules
+// need (relative to /lib/modules/<kver>, sorted). Nothing on the way to
+// ready loads them, so the image carries them compressed: the kernel then
+// unpacks fewer bytes before it starts the init, and the init decompresses
+// them on the background loader's thread.
+func BackgroundOnly(root, kver string, mods []Module) ([]string, error) {
+	early, onDemand, _ := Split(mods)
+	all, err := Resolve(root, kver, Names(mods))
+	if err != nil {
+		return nil, err
+	}
+	first, err := Resolve(root, kver, append(Names(early), Names(onDemand)...))
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, f := range all {
+		if !slices.Contains(first, f) {
+			out = append(out, f)
+		}
+	}
+	return out, nil
+}
+
 // FilterDep returns the lines of modules.dep that describe the given module
 // files, so that the image carries a dependency file that names only the
-// modules it ships.
-func FilterDep(depFile []byte, files []string) ([]byte, error) {
+// modules it ships; the files in compressed are named with
+// CompressedSuffix wherever they appear.
+func FilterDep(depFile []byte, files []string, compressed []string) ([]byte, error) {
 	keep := map[string]bool{}
 	for _, f := range files {
 		keep[f] = true
+	}
+	name := func(f string) string {
+		if slices.Contains(compressed, f) {
+			return f + CompressedSuffix
+		}
+		return f
 	}
 	var out bytes.Buffer
 	sc := bufio.NewScanner(bytes.NewReader(depFile))
@@ -157,10 +192,18 @@ func FilterDep(depFile []byte, files []string) ([]byte, error) {
 		if !ok {
 			return nil, fmt.Errorf("kmod: malformed modules.dep line %q", line)
 		}
-		if keep[mod] {
-			out.WriteString(line)
-			out.WriteByte('\n')
+		if !keep[mod] {
+			continue
 		}
+		_, deps, _ := strings.Cut(line, ":")
+		out.WriteString(name(mod) + ":")
+		for _, d := range strings.Fields(deps) {
+			if !keep[d] {
+				return nil, fmt.Errorf("kmod: %s needs %s, which the image does not carry", mod, d)
+			}
+			out.WriteString(" " + name(d))
+		}
+		out.WriteByte('\n')
 	}
 	return out.Bytes(), sc.Err()
 }

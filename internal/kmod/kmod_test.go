@@ -52,13 +52,36 @@ func TestResolveWholeList(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	filtered, err := FilterDep(dep, files)
+	bg, err := BackgroundOnly("/", kver, Modules)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// ext4 serves only the volumes; nf_tables the firewall, before ready.
+	if !slices.ContainsFunc(bg, func(f string) bool { return strings.HasSuffix(f, "/ext4.ko") }) ||
+		slices.ContainsFunc(bg, func(f string) bool { return strings.HasSuffix(f, "/nf_tables.ko") }) {
+		t.Fatalf("background-only files: %v", bg)
+	}
+	filtered, err := FilterDep(dep, files, bg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	lines := strings.Split(strings.TrimSpace(string(filtered)), "\n")
 	if len(lines) != len(files) {
 		t.Fatalf("filtered modules.dep has %d lines for %d files", len(lines), len(files))
+	}
+	// Every compressed file is named so, as a module and as a dependency
+	// (jbd2 is both: ext4 needs it).
+	for _, f := range bg {
+		if strings.Contains(string(filtered), f+":") || strings.Contains(string(filtered), f+" ") || !strings.Contains(string(filtered), f+CompressedSuffix+":") {
+			t.Errorf("%s is not renamed everywhere in modules.dep", f)
+		}
+	}
+	if !strings.Contains(string(filtered), "jbd2.ko"+CompressedSuffix) {
+		t.Errorf("no compressed dependency in the filtered modules.dep")
+	}
+	noJBD2 := slices.DeleteFunc(slices.Clone(files), func(f string) bool { return strings.HasSuffix(f, "/jbd2.ko") })
+	if _, err := FilterDep(dep, noJBD2, nil); err == nil || !strings.Contains(err.Error(), "jbd2.ko, which the image does not carry") {
+		t.Errorf("a dependency the image lacks: %v", err)
 	}
 }
 
