@@ -94,7 +94,7 @@ bench-backup: deps
 	$(GO) run ./bench/backupbench -mib 1024
 
 bench-boot: image
-	$(GO) test -run '^$$' -bench BootOverhead -benchtime 5x -timeout 30m ./qemu-tests/
+	$(GO) test -run '^$$' -bench BootOverhead -benchtime 10x -v -timeout 30m ./qemu-tests/
 
 # Volumes under emulation: our format+map against cryptsetup in the guest,
 # and boot-to-ready with two 1 GiB volumes against none (docs/performance.md).
