@@ -154,12 +154,14 @@ func CreateBucket(ctx context.Context, o S3Options) error {
 			Location string   `xml:"LocationConstraint"`
 		}{Location: o.Region})
 	}
-	resp, err := s.do(ctx, s.o.Region, "PUT", "", nil, nil, bytes.NewReader(body), int64(len(body)), "")
-	if err != nil {
-		return err
-	}
-	resp.Body.Close()
-	return nil
+	return Retry(ctx, max(o.Attempts, 3), max(o.Backoff, 200*time.Millisecond), func() error {
+		resp, err := s.do(ctx, s.o.Region, "PUT", "", nil, nil, bytes.NewReader(body), int64(len(body)), "")
+		if err != nil {
+			return classify(err)
+		}
+		resp.Body.Close()
+		return nil
+	})
 }
 
 func (s *S3) String() string {

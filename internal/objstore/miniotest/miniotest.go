@@ -81,7 +81,7 @@ type Options struct {
 	Roots           *x509.CertPool
 }
 
-// Start starts a server and waits until it answers; it is stopped when the
+// Start starts a server and waits until it reports itself ready to serve (a live server can still answer 503 "not initialized"); it is stopped when the
 // test ends.
 func Start(t T, o Options) *Server {
 	t.Helper()
@@ -176,7 +176,7 @@ func (s *Server) Restart() {
 	s.mu.Unlock()
 	deadline := time.Now().Add(60 * time.Second)
 	for {
-		resp, err := s.client.Get(s.Endpoint() + "/minio/health/live")
+		resp, err := s.client.Get(s.Endpoint() + "/minio/health/ready")
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == 200 {
