@@ -81,8 +81,9 @@ type Options struct {
 	Roots           *x509.CertPool
 }
 
-// Start starts a server and waits until it reports itself ready to serve (a live server can still answer 503 "not initialized"); it is stopped when the
-// test ends.
+// Start starts a server and waits until it reports itself ready to serve
+// (a live server can still answer 503 "not initialized"); it is stopped
+// when the test ends.
 func Start(t T, o Options) *Server {
 	t.Helper()
 	if o.Addr == "" {
