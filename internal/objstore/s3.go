@@ -38,8 +38,10 @@ type S3Options struct {
 	SecretKey string
 	// PartSize is the multipart upload part size, at least 5 MiB.
 	PartSize uint64
-	// Attempts and Backoff govern retries of whole operations, on top of
-	// the client's own retries of single requests.
+	// Attempts and Backoff govern retries of whole operations: a failed
+	// upload starts again from its first part (a segment is at most a few
+	// tens of MiB). The defaults, 6 attempts with waits doubling from 1 s,
+	// ride out about half a minute of outage.
 	Attempts int
 	Backoff  time.Duration
 	// RootCAs are the trust anchors of an https endpoint; nil means the
