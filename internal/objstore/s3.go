@@ -105,24 +105,7 @@ func NewS3(ctx context.Context, o S3Options) (*S3, error) {
 		o.Backoff = time.Second
 	}
 	o.Prefix = strings.Trim(o.Prefix, "/")
-	tr := o.Transport
-	if tr == nil {
-		tr = &http.Transport{
-			DialContext:           (&net.Dialer{Timeout: 15 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
-			TLSClientConfig:       &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: o.RootCAs},
-			TLSHandshakeTimeout:   15 * time.Second,
-			ResponseHeaderTimeout: 2 * time.Minute,
-			IdleConnTimeout:       90 * time.Second,
-			MaxIdleConnsPerHost:   4,
-		}
-	}
-	s := &S3{o: o, base: &url.URL{Scheme: u.Scheme, Host: u.Host}, hc: &http.Client{
-		Transport: tr,
-		// S3 answers with errors, not redirects, when a request goes
-		// to the wrong place; a redirect is not followed with the
-		// signature.
-		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-	}}
+	s := newS3(o, u)
 	var loc string
 	err = Retry(ctx, o.Attempts, o.Backoff, func() error {
 		var err error
@@ -138,6 +121,28 @@ func NewS3(ctx context.Context, o S3Options) (*S3, error) {
 	return s, nil
 }
 
+// newS3 is the client for the endpoint u, unchecked.
+func newS3(o S3Options, u *url.URL) *S3 {
+	tr := o.Transport
+	if tr == nil {
+		tr = &http.Transport{
+			DialContext:           (&net.Dialer{Timeout: 15 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+			TLSClientConfig:       &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: o.RootCAs},
+			TLSHandshakeTimeout:   15 * time.Second,
+			ResponseHeaderTimeout: 2 * time.Minute,
+			IdleConnTimeout:       90 * time.Second,
+			MaxIdleConnsPerHost:   4,
+		}
+	}
+	return &S3{o: o, base: &url.URL{Scheme: u.Scheme, Host: u.Host}, hc: &http.Client{
+		Transport: tr,
+		// S3 answers with errors, not redirects, when a request goes
+		// to the wrong place; a redirect is not followed with the
+		// signature.
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}}
+}
+
 // CreateBucket makes the bucket of o in o.Region: for test servers and
 // first-time setup; the node never creates buckets.
 func CreateBucket(ctx context.Context, o S3Options) error {
@@ -145,10 +150,7 @@ func CreateBucket(ctx context.Context, o S3Options) error {
 	if err != nil || u.Host == "" {
 		return fmt.Errorf("objstore: endpoint %q is not a URL", o.Endpoint)
 	}
-	s := &S3{o: o, base: &url.URL{Scheme: u.Scheme, Host: u.Host}, hc: &http.Client{Transport: o.Transport}}
-	if s.hc.Transport == nil {
-		s.hc.Transport = http.DefaultTransport
-	}
+	s := newS3(o, u)
 	var body []byte
 	if o.Region != "us-east-1" {
 		body, _ = xml.Marshal(struct {
@@ -222,14 +224,8 @@ func (s *S3) do(ctx context.Context, region, method, key string, query url.Value
 		u.Path += "/" + key
 		u.RawPath += "/" + uriEncode(key, false)
 	}
-	var q []string
-	for k, vs := range query {
-		for _, v := range vs {
-			q = append(q, uriEncode(k, true)+"="+uriEncode(v, true))
-		}
-	}
-	slices.Sort(q)
-	u.RawQuery = strings.Join(q, "&")
+	// Sent as signed: the canonical form is a valid query string.
+	u.RawQuery = canonicalQuery(query)
 
 	var start int64
 	if body != nil {
@@ -286,14 +282,11 @@ func (s *S3) do(ctx context.Context, region, method, key string, query url.Value
 // errorFrom reads the service's XML error; a HEAD answer has no body, so
 // its status alone names the error.
 func errorFrom(resp *http.Response) error {
-	e := &S3Error{Status: resp.StatusCode}
-	var x struct {
-		Code, Message, Region string
-	}
-	if err := xml.NewDecoder(io.LimitReader(resp.Body, maxErrorBody)).Decode(&x); err == nil && x.Code != "" {
-		e.Code, e.Message, e.Region = x.Code, x.Message, x.Region
+	raw, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
+	if e := parseError(resp.StatusCode, raw); e != nil && e.Code != "" {
 		return e
 	}
+	e := &S3Error{Status: resp.StatusCode}
 	switch resp.StatusCode {
 	case http.StatusNotFound:
 		e.Code = "NoSuchKey"
@@ -305,6 +298,19 @@ func errorFrom(resp *http.Response) error {
 	return e
 }
 
+// parseError reads the service's XML error document; nil when raw is not
+// one.
+func parseError(status int, raw []byte) *S3Error {
+	var x struct {
+		XMLName               xml.Name
+		Code, Message, Region string
+	}
+	if xml.Unmarshal(raw, &x) != nil || x.XMLName.Local != "Error" {
+		return nil
+	}
+	return &S3Error{Status: status, Code: x.Code, Message: x.Message, Region: x.Region}
+}
+
 // decodeResult reads an XML result of at most maxErrorBody bytes. Some
 // calls (CompleteMultipartUpload) can answer 200 with an error inside.
 func decodeResult(resp *http.Response, v any) error {
@@ -313,12 +319,8 @@ func decodeResult(resp *http.Response, v any) error {
 	if err != nil {
 		return err
 	}
-	var x struct {
-		XMLName               xml.Name
-		Code, Message, Region string
-	}
-	if xml.Unmarshal(raw, &x) == nil && x.XMLName.Local == "Error" {
-		return &S3Error{Status: resp.StatusCode, Code: x.Code, Message: x.Message, Region: x.Region}
+	if e := parseError(resp.StatusCode, raw); e != nil {
+		return e
 	}
 	if err := xml.Unmarshal(raw, v); err != nil {
 		return fmt.Errorf("s3: unreadable answer: %w", err)
