@@ -237,7 +237,7 @@ func (o *Options) assemble(initBin string, rep *Report) (*initramfs.Archive, int
 	if err != nil {
 		return nil, 0, err
 	}
-	compressed, err := kmod.BackgroundOnly(o.Root, o.KernelVersion, mods)
+	compressed, err := kmod.BackgroundOnly(o.Root, o.KernelVersion, mods, files)
 	if err != nil {
 		return nil, 0, err
 	}

@@ -144,23 +144,19 @@ func ModuleDir(root, kver string) string {
 // compressed; kmodule decompresses it when it loads the module.
 const CompressedSuffix = ".zst"
 
-// BackgroundOnly returns the module files that only background modules
-// need (relative to /lib/modules/<kver>, sorted). Nothing on the way to
-// ready loads them, so the image carries them compressed: the kernel then
-// unpacks fewer bytes before it starts the init, and the init decompresses
-// them on the background loader's thread.
-func BackgroundOnly(root, kver string, mods []Module) ([]string, error) {
+// BackgroundOnly returns those of files, the list's resolved module files
+// (Resolve of all of mods), that only background modules need. Nothing on
+// the way to ready loads them, so the image carries them compressed: the
+// kernel then unpacks fewer bytes before it starts the init, and the init
+// decompresses them on the background loader's thread.
+func BackgroundOnly(root, kver string, mods []Module, files []string) ([]string, error) {
 	early, onDemand, _ := Split(mods)
-	all, err := Resolve(root, kver, Names(mods))
-	if err != nil {
-		return nil, err
-	}
 	first, err := Resolve(root, kver, append(Names(early), Names(onDemand)...))
 	if err != nil {
 		return nil, err
 	}
 	var out []string
-	for _, f := range all {
+	for _, f := range files {
 		if !slices.Contains(first, f) {
 			out = append(out, f)
 		}
@@ -188,14 +184,13 @@ func FilterDep(depFile []byte, files []string, compressed []string) ([]byte, err
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
 		line := sc.Text()
-		mod, _, ok := strings.Cut(line, ":")
+		mod, deps, ok := strings.Cut(line, ":")
 		if !ok {
 			return nil, fmt.Errorf("kmod: malformed modules.dep line %q", line)
 		}
 		if !keep[mod] {
 			continue
 		}
-		_, deps, _ := strings.Cut(line, ":")
 		out.WriteString(name(mod) + ":")
 		for _, d := range strings.Fields(deps) {
 			if !keep[d] {

@@ -52,7 +52,7 @@ func TestResolveWholeList(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	bg, err := BackgroundOnly("/", kver, Modules)
+	bg, err := BackgroundOnly("/", kver, Modules, files)
 	if err != nil {
 		t.Fatal(err)
 	}
