@@ -63,6 +63,8 @@ type boot struct {
 	bgModules chan error
 	// onDemand are the modules only a config volume needs.
 	onDemand []kmod.Module
+	// modules loads kernel modules, each once, for every stage.
+	modules *kmod.Loader
 }
 
 type result struct {

@@ -29,9 +29,16 @@ func loadModules(b *boot) (string, error) {
 	if err != nil {
 		return "", err
 	}
+	dir, err := kmod.RunningKernelDir()
+	if err != nil {
+		return "", err
+	}
+	if b.modules, err = kmod.NewLoader(dir); err != nil {
+		return "", err
+	}
 	early, onDemand, background := kmod.Split(mods)
 	b.onDemand = onDemand
-	detail, degraded, err := loadModuleSet(b, early, kmod.LoadList)
+	detail, degraded, err := loadModuleSet(b, early, b.modules.LoadList)
 	if err != nil {
 		return "", err
 	}
@@ -49,7 +56,7 @@ func loadModules(b *boot) (string, error) {
 			}
 		}()
 		start := time.Now()
-		d, _, err := loadModuleSet(b, background, kmod.LoadListQuietly)
+		d, _, err := loadModuleSet(b, background, b.modules.LoadListQuietly)
 		if err == nil {
 			b.log.Info(fmt.Sprintf("background modules loaded: %s in %s", d, time.Since(start).Round(time.Millisecond)))
 		}
@@ -67,7 +74,7 @@ func loadModules(b *boot) (string, error) {
 // stage calls it only when it has found a config volume.
 func (b *boot) loadOnDemand() error {
 	start := time.Now()
-	detail, _, err := loadModuleSet(b, b.onDemand, kmod.LoadList)
+	detail, _, err := loadModuleSet(b, b.onDemand, b.modules.LoadList)
 	if err != nil {
 		return err
 	}
@@ -96,11 +103,8 @@ func waitedNote(d time.Duration) string {
 
 // loadModuleSet loads mods and describes the result; degraded says an
 // optional module is missing.
-func loadModuleSet(b *boot, mods []kmod.Module, load func([]kmod.Module) (map[string]error, error)) (detail string, degraded bool, err error) {
-	failed, err := load(mods)
-	if err != nil {
-		return "", false, err
-	}
+func loadModuleSet(b *boot, mods []kmod.Module, load func([]kmod.Module) map[string]error) (detail string, degraded bool, err error) {
+	failed := load(mods)
 	var fatal, optional []string
 	for _, m := range mods {
 		err, bad := failed[m.Name]

@@ -24,6 +24,7 @@ import (
 	"github.com/bulwarkvm/bulwark/internal/elfdeps"
 	"github.com/bulwarkvm/bulwark/internal/initramfs"
 	"github.com/bulwarkvm/bulwark/internal/kmod"
+	"github.com/bulwarkvm/bulwark/internal/kmod/resolve"
 )
 
 // ModulePath is the Go module the init is built from.
@@ -233,17 +234,18 @@ func (o *Options) assemble(initBin string, rep *Report) (*initramfs.Archive, int
 	for _, m := range o.ExtraModules {
 		mods = append(mods, kmod.Module{Name: m})
 	}
-	files, err := kmod.Resolve(o.Root, o.KernelVersion, kmod.Names(mods))
+	files, err := resolve.Files(o.Root, o.KernelVersion, kmod.Names(mods))
 	if err != nil {
 		return nil, 0, err
 	}
-	compressed, err := kmod.BackgroundOnly(o.Root, o.KernelVersion, mods, files)
+	compressed, err := resolve.BackgroundOnly(o.Root, o.KernelVersion, mods, files)
 	if err != nil {
 		return nil, 0, err
 	}
-	modDir := kmod.ModuleDir(o.Root, o.KernelVersion)
+	modDir := resolve.ModuleDir(o.Root, o.KernelVersion)
 	// Modules go under /usr/lib/modules: with Debian's merged /usr, /lib is
-	// a symlink to usr/lib in the archive, and kmodule looks in both places.
+	// a symlink to usr/lib in the archive, so the init finds them under
+	// /lib/modules.
 	var modBytes int64
 	for _, f := range files {
 		b, err := os.ReadFile(filepath.Join(modDir, f))
@@ -265,7 +267,7 @@ func (o *Options) assemble(initBin string, rep *Report) (*initramfs.Archive, int
 	if err != nil {
 		return nil, 0, err
 	}
-	dep, err = kmod.FilterDep(dep, files, compressed)
+	dep, err = resolve.FilterDep(dep, files, compressed)
 	if err != nil {
 		return nil, 0, err
 	}

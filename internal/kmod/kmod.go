@@ -1,21 +1,13 @@
-// Package kmod holds the list of kernel modules the node needs, resolves it
-// against a kernel's modules.dep when the image is built, and loads it when
-// the node boots. Both halves use u-root's kmodule, so the dependency order
-// the build packs is the order the init loads.
+// Package kmod holds the list of kernel modules the node needs and loads it
+// when the node boots, in the dependency order of the modules.dep the image
+// carries. The image build resolves the list against the kernel (package
+// resolve, with u-root's kmodule).
 package kmod
 
 import (
-	"bufio"
 	"bytes"
 	"fmt"
-	"path/filepath"
-	"runtime"
-	"slices"
 	"strings"
-	"sync"
-
-	"github.com/u-root/u-root/pkg/kmodule"
-	"golang.org/x/sys/unix"
 )
 
 // Module is one module the node loads at boot.
@@ -95,177 +87,9 @@ func Names(mods []Module) []string {
 	return n
 }
 
-// Resolve returns the module files (relative to /lib/modules/<kver>) that the
-// named modules need, dependencies included, sorted. root is the file system
-// root holding lib/modules (normally "/"). A module that is built into the
-// kernel needs no file.
-func Resolve(root, kver string, names []string) ([]string, error) {
-	var mu sync.Mutex
-	files := map[string]bool{}
-	opts := kmodule.ProbeOpts{
-		RootDir:        root,
-		KVer:           kver,
-		IgnoreProcMods: true,
-		// kmodule calls this from several goroutines.
-		DryRunCB: func(path string) {
-			mu.Lock()
-			defer mu.Unlock()
-			files[path] = true
-		},
-	}
-	prober, err := kmodule.NewProber(opts)
-	if err != nil {
-		return nil, fmt.Errorf("kmod: kernel %s: %w", kver, err)
-	}
-	for _, n := range names {
-		if err := prober.Probe(n, ""); err != nil {
-			return nil, fmt.Errorf("kmod: kernel %s has no module %q: %w", kver, n, err)
-		}
-	}
-	base := ModuleDir(root, kver)
-	var rel []string
-	for f := range files {
-		r, err := filepath.Rel(base, f)
-		if err != nil || strings.HasPrefix(r, "..") {
-			return nil, fmt.Errorf("kmod: module %s lies outside %s", f, base)
-		}
-		rel = append(rel, r)
-	}
-	slices.Sort(rel)
-	return rel, nil
-}
-
-// ModuleDir is where a kernel's modules live below root.
-func ModuleDir(root, kver string) string {
-	return filepath.Join(root, "lib/modules", kver)
-}
-
 // CompressedSuffix ends the name of a module file the image carries
-// compressed; kmodule decompresses it when it loads the module.
+// compressed (zstd); the loader decompresses it.
 const CompressedSuffix = ".zst"
-
-// BackgroundOnly returns those of files, the list's resolved module files
-// (Resolve of all of mods), that only background modules need. Nothing on
-// the way to ready loads them, so the image carries them compressed: the
-// kernel then unpacks fewer bytes before it starts the init, and the init
-// decompresses them on the background loader's thread.
-func BackgroundOnly(root, kver string, mods []Module, files []string) ([]string, error) {
-	early, onDemand, _ := Split(mods)
-	first, err := Resolve(root, kver, append(Names(early), Names(onDemand)...))
-	if err != nil {
-		return nil, err
-	}
-	var out []string
-	for _, f := range files {
-		if !slices.Contains(first, f) {
-			out = append(out, f)
-		}
-	}
-	return out, nil
-}
-
-// FilterDep returns the lines of modules.dep that describe the given module
-// files, so that the image carries a dependency file that names only the
-// modules it ships; the files in compressed are named with
-// CompressedSuffix wherever they appear.
-func FilterDep(depFile []byte, files []string, compressed []string) ([]byte, error) {
-	keep := map[string]bool{}
-	for _, f := range files {
-		keep[f] = true
-	}
-	name := func(f string) string {
-		if slices.Contains(compressed, f) {
-			return f + CompressedSuffix
-		}
-		return f
-	}
-	var out bytes.Buffer
-	sc := bufio.NewScanner(bytes.NewReader(depFile))
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		mod, deps, ok := strings.Cut(line, ":")
-		if !ok {
-			return nil, fmt.Errorf("kmod: malformed modules.dep line %q", line)
-		}
-		if !keep[mod] {
-			continue
-		}
-		out.WriteString(name(mod) + ":")
-		for _, d := range strings.Fields(deps) {
-			if !keep[d] {
-				return nil, fmt.Errorf("kmod: %s needs %s, which the image does not carry", mod, d)
-			}
-			out.WriteString(" " + name(d))
-		}
-		out.WriteByte('\n')
-	}
-	return out.Bytes(), sc.Err()
-}
-
-// load loads the named modules and their dependencies from
-// /lib/modules/<running kernel>. The first pass loads all of them, in
-// parallel when asked: kmodule's prober loads each module once, after its
-// dependencies, and independent modules load side by side (loading is
-// mostly signature checks and relocation, which use every CPU). A module
-// whose init needs a soft dependency that was not there yet (libcrc32c asks
-// the crypto API for crc32c) fails in that pass; the second pass retries
-// the failures one by one, in list order, with everything else loaded. It
-// returns the names that failed both times with their errors; the caller
-// decides which are fatal.
-func load(names []string, parallel bool) (map[string]error, error) {
-	failed, err := loadPass(names, parallel)
-	if err != nil || len(failed) == 0 {
-		return failed, err
-	}
-	var retry []string
-	for _, n := range names {
-		if _, ok := failed[n]; ok {
-			retry = append(retry, n)
-		}
-	}
-	return loadPass(retry, false)
-}
-
-// LoadList loads a module list: everything but the late modules first,
-// then the late ones. It returns the modules that failed, by name. It
-// ignores the Background flag: the caller splits the list (Split).
-func LoadList(mods []Module) (map[string]error, error) {
-	return loadList(mods, true)
-}
-
-// LoadListQuietly loads a list like LoadList, but one module at a time on
-// the calling thread at the lowest CPU priority, so that the caller's other
-// goroutines, running the boot, come first on a machine with few CPUs.
-func LoadListQuietly(mods []Module) (map[string]error, error) {
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	if err := unix.Setpriority(unix.PRIO_PROCESS, unix.Gettid(), 19); err != nil {
-		return nil, fmt.Errorf("kmod: lowering the loader's priority: %w", err)
-	}
-	defer unix.Setpriority(unix.PRIO_PROCESS, unix.Gettid(), 0)
-	return loadList(mods, false)
-}
-
-func loadList(mods []Module, parallel bool) (map[string]error, error) {
-	var early, late []Module
-	for _, m := range mods {
-		if m.Late {
-			late = append(late, m)
-		} else {
-			early = append(early, m)
-		}
-	}
-	failed, err := load(Names(early), parallel)
-	if err != nil {
-		return failed, err
-	}
-	failedLate, err := load(Names(late), parallel)
-	for n, e := range failedLate {
-		failed[n] = e
-	}
-	return failed, err
-}
 
 // Split divides a list into the modules the early stages need, the ones
 // loaded on demand, and the background ones.
@@ -281,37 +105,6 @@ func Split(mods []Module) (early, onDemand, background []Module) {
 		}
 	}
 	return early, onDemand, background
-}
-
-func loadPass(names []string, parallel bool) (map[string]error, error) {
-	// A fresh prober: kmodule remembers a failure for the prober's lifetime.
-	prober, err := kmodule.NewProber(kmodule.ProbeOpts{})
-	if err != nil {
-		return nil, fmt.Errorf("kmod: %w", err)
-	}
-	var mu sync.Mutex
-	var wg sync.WaitGroup
-	failed := map[string]error{}
-	probe := func(n string) {
-		if err := prober.Probe(n, ""); err != nil {
-			mu.Lock()
-			failed[n] = err
-			mu.Unlock()
-		}
-	}
-	for _, n := range names {
-		if !parallel {
-			probe(n)
-			continue
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			probe(n)
-		}()
-	}
-	wg.Wait()
-	return failed, nil
 }
 
 // ParseList reads a module list as the image ships it: one name per line,

@@ -1,96 +1,14 @@
 package kmod
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 )
-
-// hostKernel finds a kernel with modules on this machine (make deps installs
-// Debian's linux-image-amd64).
-func hostKernel(t *testing.T) string {
-	t.Helper()
-	deps, _ := filepath.Glob("/lib/modules/*/modules.dep")
-	if len(deps) == 0 {
-		t.Fatal("no /lib/modules/*/modules.dep: run make deps (installs linux-image-amd64)")
-	}
-	return filepath.Base(filepath.Dir(deps[len(deps)-1]))
-}
-
-func TestResolveIncludesDependencies(t *testing.T) {
-	kver := hostKernel(t)
-	files, err := Resolve("/", kver, []string{"dm_crypt", "ext4", "aes_generic"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	has := func(suffix string) bool {
-		return slices.ContainsFunc(files, func(f string) bool { return strings.HasSuffix(f, suffix) })
-	}
-	for _, want := range []string{"/dm-crypt.ko", "/dm-mod.ko", "/ext4.ko", "/jbd2.ko", "/mbcache.ko"} {
-		if !has(want) {
-			t.Errorf("resolution of dm_crypt+ext4 lacks %s: %v", want, files)
-		}
-	}
-	// aes_generic is built into Debian's kernel: no file.
-	if has("aes_generic.ko") {
-		t.Errorf("built-in module resolved to a file: %v", files)
-	}
-}
-
-func TestResolveWholeList(t *testing.T) {
-	kver := hostKernel(t)
-	files, err := Resolve("/", kver, Names(Modules))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(files) < len(Modules)/2 {
-		t.Fatalf("only %d files for %d modules", len(files), len(Modules))
-	}
-	dep, err := os.ReadFile(filepath.Join(ModuleDir("/", kver), "modules.dep"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	bg, err := BackgroundOnly("/", kver, Modules, files)
-	if err != nil {
-		t.Fatal(err)
-	}
-	// ext4 serves only the volumes; nf_tables the firewall, before ready.
-	if !slices.ContainsFunc(bg, func(f string) bool { return strings.HasSuffix(f, "/ext4.ko") }) ||
-		slices.ContainsFunc(bg, func(f string) bool { return strings.HasSuffix(f, "/nf_tables.ko") }) {
-		t.Fatalf("background-only files: %v", bg)
-	}
-	filtered, err := FilterDep(dep, files, bg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	lines := strings.Split(strings.TrimSpace(string(filtered)), "\n")
-	if len(lines) != len(files) {
-		t.Fatalf("filtered modules.dep has %d lines for %d files", len(lines), len(files))
-	}
-	// Every compressed file is named so, as a module and as a dependency
-	// (jbd2 is both: ext4 needs it).
-	for _, f := range bg {
-		if strings.Contains(string(filtered), f+":") || strings.Contains(string(filtered), f+" ") || !strings.Contains(string(filtered), f+CompressedSuffix+":") {
-			t.Errorf("%s is not renamed everywhere in modules.dep", f)
-		}
-	}
-	if !strings.Contains(string(filtered), "jbd2.ko"+CompressedSuffix) {
-		t.Errorf("no compressed dependency in the filtered modules.dep")
-	}
-	noJBD2 := slices.DeleteFunc(slices.Clone(files), func(f string) bool { return strings.HasSuffix(f, "/jbd2.ko") })
-	if _, err := FilterDep(dep, noJBD2, nil); err == nil || !strings.Contains(err.Error(), "jbd2.ko, which the image does not carry") {
-		t.Errorf("a dependency the image lacks: %v", err)
-	}
-}
-
-func TestResolveUnknown(t *testing.T) {
-	_, err := Resolve("/", hostKernel(t), []string{"no_such_module_xyz"})
-	if err == nil || !strings.Contains(err.Error(), "no_such_module_xyz") {
-		t.Fatalf("want an error naming the module, got %v", err)
-	}
-}
 
 func TestListRoundTrip(t *testing.T) {
 	got, err := ParseList(FormatList(Modules))
@@ -122,4 +40,149 @@ func stripWhy(m []Module) []Module {
 		out[i].Why = ""
 	}
 	return out
+}
+
+// fakeLoader is a Loader over a made-up modules.dep whose kernel calls
+// are recorded; fail makes the named files fail as often as it says.
+func fakeLoader(t *testing.T, dep, builtin string, fail map[string]int) (*Loader, func() []string) {
+	t.Helper()
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "modules.dep"), []byte(dep), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "modules.builtin"), []byte(builtin), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	l, err := NewLoader(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var order []string
+	l.insert = func(file string) error {
+		mu.Lock()
+		defer mu.Unlock()
+		if fail[file] > 0 {
+			fail[file]--
+			return errors.New("refused")
+		}
+		order = append(order, file)
+		return nil
+	}
+	return l, func() []string {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Clone(order)
+	}
+}
+
+const testDep = `kernel/net/nft_ct.ko: kernel/net/nf_conntrack.ko kernel/net/nf_tables.ko kernel/lib/libcrc32c.ko
+kernel/net/nf_conntrack.ko: kernel/lib/libcrc32c.ko
+kernel/net/nf_tables.ko: kernel/lib/libcrc32c.ko
+kernel/lib/libcrc32c.ko:
+kernel/crypto/crc32c_generic.ko:
+kernel/fs/ext4.ko.zst: kernel/fs/jbd2.ko.zst
+kernel/fs/jbd2.ko.zst:
+kernel/drivers/md/dm-crypt.ko:
+`
+
+// Each file loads once, after everything it needs, however many modules
+// ask for it at the same time.
+func TestLoaderOrder(t *testing.T) {
+	for _, parallel := range []bool{true, false} {
+		l, loaded := fakeLoader(t, testDep, "kernel/drivers/char/tpm/tpm_crb.ko\n", nil)
+		failed := l.loadList([]Module{{Name: "nft_ct"}, {Name: "nf_tables"}, {Name: "dm-crypt"}, {Name: "ext4"}, {Name: "tpm_crb"}}, parallel)
+		if len(failed) != 0 {
+			t.Fatalf("parallel=%v: failed %v", parallel, failed)
+		}
+		order := loaded()
+		pos := map[string]int{}
+		for i, f := range order {
+			if _, dup := pos[f]; dup {
+				t.Fatalf("parallel=%v: %s loaded twice: %v", parallel, f, order)
+			}
+			pos[f] = i
+		}
+		if len(order) != 7 {
+			t.Fatalf("parallel=%v: loaded %v, want 7 files (tpm_crb is built in)", parallel, order)
+		}
+		for file, deps := range l.deps {
+			for _, d := range deps {
+				if _, ok := pos[file]; ok && pos[d] > pos[file] {
+					t.Errorf("parallel=%v: %s loaded before its dependency %s: %v", parallel, file, d, order)
+				}
+			}
+		}
+		// A second request loads nothing again.
+		if failed := l.LoadList([]Module{{Name: "nft_ct"}}); len(failed) != 0 || len(loaded()) != 7 {
+			t.Fatalf("parallel=%v: a second load: %v, %v", parallel, failed, loaded())
+		}
+	}
+}
+
+// A module that fails in the first pass is retried once in the second;
+// one that fails twice is reported by name, with its dependents, and a
+// later call tries it again.
+func TestLoaderRetry(t *testing.T) {
+	l, loaded := fakeLoader(t, testDep, "", map[string]int{"kernel/lib/libcrc32c.ko": 1})
+	if failed := l.LoadList([]Module{{Name: "nf_conntrack"}, {Name: "crc32c_generic"}}); len(failed) != 0 {
+		t.Fatalf("one failure is retried: %v", failed)
+	}
+	if got := loaded(); !slices.Contains(got, "kernel/net/nf_conntrack.ko") {
+		t.Fatalf("loaded %v", got)
+	}
+
+	l, _ = fakeLoader(t, testDep, "", map[string]int{"kernel/lib/libcrc32c.ko": 2})
+	failed := l.LoadList([]Module{{Name: "nf_tables"}, {Name: "dm_crypt"}})
+	if len(failed) != 1 || failed["nf_tables"] == nil || !strings.Contains(failed["nf_tables"].Error(), "libcrc32c: refused") {
+		t.Fatalf("want nf_tables failed through libcrc32c, got %v", failed)
+	}
+	if failed := l.LoadList([]Module{{Name: "nf_tables"}}); len(failed) != 0 {
+		t.Fatalf("a later call does not retry: %v", failed)
+	}
+}
+
+// Late modules load after all the others.
+func TestLoaderLate(t *testing.T) {
+	l, loaded := fakeLoader(t, testDep, "", nil)
+	if failed := l.LoadList([]Module{{Name: "crc32c_generic", Late: true}, {Name: "nft_ct"}, {Name: "ext4"}}); len(failed) != 0 {
+		t.Fatal(failed)
+	}
+	if got := loaded(); got[len(got)-1] != "kernel/crypto/crc32c_generic.ko" {
+		t.Fatalf("late module not last: %v", got)
+	}
+}
+
+func TestLoaderErrors(t *testing.T) {
+	l, _ := fakeLoader(t, testDep+"kernel/a.ko: kernel/b.ko\nkernel/b.ko: kernel/a.ko\nkernel/c.ko: kernel/missing.ko\n", "", nil)
+	failed := l.LoadList([]Module{{Name: "no_such"}, {Name: "a"}, {Name: "c"}})
+	for name, want := range map[string]string{
+		"no_such": `no module "no_such"`,
+		"a":       "circular dependency",
+		"c":       "needs kernel/missing.ko, which modules.dep does not list",
+	} {
+		if err := failed[name]; err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: want an error with %q, got %v", name, want, err)
+		}
+	}
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "modules.dep"), []byte("kernel/a.ko kernel/b.ko\n"), 0o644)
+	if _, err := NewLoader(dir); err == nil || !strings.Contains(err.Error(), "modules.dep line 1") {
+		t.Errorf("a bad modules.dep line: %v", err)
+	}
+	if _, err := NewLoader(t.TempDir()); err == nil || !strings.Contains(err.Error(), "modules.dep") {
+		t.Errorf("no modules.dep: %v", err)
+	}
+}
+
+func TestModuleName(t *testing.T) {
+	for file, want := range map[string]string{
+		"kernel/drivers/md/dm-crypt.ko":          "dm_crypt",
+		"kernel/fs/ext4/ext4.ko.zst":             "ext4",
+		"kernel/arch/x86/crypto/crc32c-intel.ko": "crc32c_intel",
+	} {
+		if got := moduleName(file); got != want {
+			t.Errorf("moduleName(%s) = %s, want %s", file, got, want)
+		}
+	}
 }

@@ -18,7 +18,7 @@ import (
 	"github.com/hashicorp/packer-plugin-sdk/template/interpolate"
 
 	"github.com/bulwarkvm/bulwark/internal/imagebuild"
-	"github.com/bulwarkvm/bulwark/internal/kmod"
+	"github.com/bulwarkvm/bulwark/internal/kmod/resolve"
 )
 
 // Config is the bulwark source block.
@@ -156,7 +156,7 @@ func (c *Config) Prepare(raws ...interface{}) ([]string, error) {
 	}
 	// Unknown modules are found now, not halfway through a build.
 	if len(c.ExtraModules) > 0 {
-		if _, err := kmod.Resolve(c.Root, c.opts.KernelVersion, c.ExtraModules); err != nil {
+		if _, err := resolve.Files(c.Root, c.opts.KernelVersion, c.ExtraModules); err != nil {
 			return nil, fmt.Errorf("extra_modules: %w", err)
 		}
 	}

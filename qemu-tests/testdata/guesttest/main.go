@@ -43,11 +43,17 @@ func main() {
 		say("FAIL setup: %v", err)
 		return
 	}
-	failed, err := kmod.LoadList(mods)
+	dir, err := kmod.RunningKernelDir()
 	if err != nil {
-		say("FAIL setup: loading modules: %v", err)
+		say("FAIL setup: %v", err)
 		return
 	}
+	loader, err := kmod.NewLoader(dir)
+	if err != nil {
+		say("FAIL setup: %v", err)
+		return
+	}
+	failed := loader.LoadList(mods)
 	for _, m := range mods {
 		if e, bad := failed[m.Name]; bad && !m.Optional {
 			say("FAIL setup: module %s: %v", m.Name, e)
