@@ -88,8 +88,8 @@ func Names(mods []Module) []string {
 }
 
 // CompressedSuffix ends the name of a module file the image carries
-// compressed (zstd); the loader decompresses it.
-const CompressedSuffix = ".zst"
+// compressed (gzip); the loader decompresses it.
+const CompressedSuffix = ".gz"
 
 // Split divides a list into the modules the early stages need, the ones
 // loaded on demand, and the background ones.

@@ -1,6 +1,9 @@
 package kmod
 
 import (
+	"bytes"
+	"compress/gzip"
+	"encoding/binary"
 	"errors"
 	"os"
 	"path/filepath"
@@ -81,8 +84,8 @@ kernel/net/nf_conntrack.ko: kernel/lib/libcrc32c.ko
 kernel/net/nf_tables.ko: kernel/lib/libcrc32c.ko
 kernel/lib/libcrc32c.ko:
 kernel/crypto/crc32c_generic.ko:
-kernel/fs/ext4.ko.zst: kernel/fs/jbd2.ko.zst
-kernel/fs/jbd2.ko.zst:
+kernel/fs/ext4.ko.gz: kernel/fs/jbd2.ko.gz
+kernel/fs/jbd2.ko.gz:
 kernel/drivers/md/dm-crypt.ko:
 `
 
@@ -178,11 +181,40 @@ func TestLoaderErrors(t *testing.T) {
 func TestModuleName(t *testing.T) {
 	for file, want := range map[string]string{
 		"kernel/drivers/md/dm-crypt.ko":          "dm_crypt",
-		"kernel/fs/ext4/ext4.ko.zst":             "ext4",
+		"kernel/fs/ext4/ext4.ko.gz":              "ext4",
 		"kernel/arch/x86/crypto/crc32c-intel.ko": "crc32c_intel",
 	} {
 		if got := moduleName(file); got != want {
 			t.Errorf("moduleName(%s) = %s, want %s", file, got, want)
+		}
+	}
+}
+
+func TestDecompress(t *testing.T) {
+	want := bytes.Repeat([]byte("\x7fELF module "), 5000)
+	var gz bytes.Buffer
+	zw := gzip.NewWriter(&gz)
+	zw.Write(want)
+	zw.Close()
+	got, err := decompress(gz.Bytes())
+	if err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("round trip: %v", err)
+	}
+	corrupt := slices.Clone(gz.Bytes())
+	corrupt[len(corrupt)/2] ^= 0xff
+	huge := slices.Clone(gz.Bytes())
+	binary.LittleEndian.PutUint32(huge[len(huge)-4:], maxModule+1)
+	for name, c := range map[string]struct {
+		data []byte
+		want string
+	}{
+		"truncated":    {gz.Bytes()[:10], "not a gzip file"},
+		"not gzip":     {append(bytes.Repeat([]byte("x"), 36), 0, 0, 0, 0), "decompressing"},
+		"corrupt":      {corrupt, "decompressing"},
+		"claims a lot": {huge, "more than"},
+	} {
+		if _, err := decompress(c.data); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: want an error with %q, got %v", name, c.want, err)
 		}
 	}
 }

@@ -3,8 +3,11 @@ package kmod
 import (
 	"bufio"
 	"bytes"
+	"compress/gzip"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path"
 	"path/filepath"
@@ -12,7 +15,6 @@ import (
 	"strings"
 	"sync"
 
-	"github.com/klauspost/compress/zstd"
 	"golang.org/x/sys/unix"
 )
 
@@ -26,7 +28,7 @@ import (
 // (finit_module(2)): the kernel reads the file itself, so the bytes are
 // copied once instead of three times (into the init's memory, grown as it
 // reads, then into the kernel). Under emulation those copies were a third
-// of the modules stage (docs/performance.md). Compressed files (.zst) are
+// of the modules stage (docs/performance.md). Compressed files (.gz) are
 // decompressed in memory and passed with init_module(2).
 type Loader struct {
 	dir     string
@@ -39,10 +41,6 @@ type Loader struct {
 	mu       sync.Mutex
 	loaded   map[string]bool     // file -> loaded
 	inFlight map[string]*loading // file -> being loaded
-
-	zstdOnce sync.Once
-	zstd     *zstd.Decoder
-	zstdErr  error
 }
 
 type loading struct {
@@ -270,7 +268,7 @@ func (l *Loader) loadFile(file string) error {
 	p := filepath.Join(l.dir, file)
 	var err error
 	if strings.HasSuffix(file, CompressedSuffix) {
-		err = l.initCompressed(p)
+		err = initCompressed(p)
 	} else {
 		err = initFile(p)
 	}
@@ -289,20 +287,43 @@ func initFile(p string) error {
 	return unix.FinitModule(int(f.Fd()), "", 0)
 }
 
-func (l *Loader) initCompressed(p string) error {
-	l.zstdOnce.Do(func() {
-		l.zstd, l.zstdErr = zstd.NewReader(nil, zstd.WithDecoderConcurrency(1))
-	})
-	if l.zstdErr != nil {
-		return l.zstdErr
-	}
+// maxModule bounds the memory a compressed module file may claim: Debian's
+// largest module is a few MiB.
+const maxModule = 64 << 20
+
+// initCompressed hands a gzip module file's image to init_module(2).
+func initCompressed(p string) error {
 	data, err := os.ReadFile(p)
 	if err != nil {
 		return err
 	}
-	img, err := l.zstd.DecodeAll(data, nil)
+	img, err := decompress(data)
 	if err != nil {
-		return fmt.Errorf("decompressing: %w", err)
+		return err
 	}
 	return unix.InitModule(img, "")
+}
+
+// decompress unpacks a gzip module file into memory of the size its
+// trailer gives.
+func decompress(data []byte) ([]byte, error) {
+	if len(data) < 18 {
+		return nil, errors.New("not a gzip file")
+	}
+	size := binary.LittleEndian.Uint32(data[len(data)-4:]) // ISIZE, RFC 1952
+	if size > maxModule {
+		return nil, fmt.Errorf("claims %d bytes uncompressed, more than %d", size, maxModule)
+	}
+	zr, err := gzip.NewReader(bytes.NewReader(data))
+	if err != nil {
+		return nil, fmt.Errorf("decompressing: %w", err)
+	}
+	img := bytes.NewBuffer(make([]byte, 0, size))
+	if _, err := io.Copy(img, io.LimitReader(zr, maxModule+1)); err != nil {
+		return nil, fmt.Errorf("decompressing: %w", err)
+	}
+	if img.Len() > maxModule {
+		return nil, fmt.Errorf("more than %d bytes uncompressed", maxModule)
+	}
+	return img.Bytes(), nil
 }
