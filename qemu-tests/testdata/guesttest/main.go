@@ -43,12 +43,12 @@ func main() {
 		say("FAIL setup: %v", err)
 		return
 	}
-	dir, err := kmod.RunningKernelDir()
+	modDir, err := kmod.RunningKernelDir()
 	if err != nil {
 		say("FAIL setup: %v", err)
 		return
 	}
-	loader, err := kmod.NewLoader(dir)
+	loader, err := kmod.NewLoader(modDir)
 	if err != nil {
 		say("FAIL setup: %v", err)
 		return
