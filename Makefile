@@ -17,7 +17,7 @@ DEBS := linux-image-amd64 systemd-boot-efi ovmf qemu-system-x86 qemu-utils \
 
 export CGO_ENABLED := 0
 
-.PHONY: all deps image demo test check unit fuzz qemutest minio packer packer-plugin packer-docs packertest bench-backup bench-boot bench-volumes bench-firewall bench-frontdoor bench-ipsec clean
+.PHONY: all deps image demo test check unit fuzz qemutest minio packer packer-plugin packer-docs packertest bench-backup bench-boot bench-boot-compare bench-volumes bench-firewall bench-frontdoor bench-ipsec clean
 
 all: image
 
@@ -88,13 +88,18 @@ qemutest:
 	$(GO) test -count=1 -timeout 30m -v ./qemu-tests/... 2>&1 | tee $(OUT)/qemutest.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|_test.go:'; \
 	exit $${PIPESTATUS[0]}
 
-# Init overhead under emulation: bulwark's init against a trivial init on
-# the same kernel, in the same run (docs/performance.md).
 bench-backup: deps
 	$(GO) run ./bench/backupbench -mib 1024
 
+# Init overhead under emulation: bulwark's init against a trivial init on
+# the same kernel, in the same run (docs/performance.md).
 bench-boot: image
-	$(GO) test -run '^$$' -bench BootOverhead -benchtime 10x -v -timeout 30m ./qemu-tests/
+	$(GO) test -run '^$$' -bench 'BootOverhead$$' -benchtime 10x -v -timeout 30m ./qemu-tests/
+
+# The same overhead for several image directories in one run, to compare a
+# change with the image before it: make bench-boot-compare IMAGES="/tmp/before out"
+bench-boot-compare: deps
+	BULWARK_BENCH_IMAGES="$(IMAGES)" $(GO) test -run '^$$' -bench 'CompareImages$$' -benchtime 10x -v -timeout 60m ./qemu-tests/
 
 # Volumes under emulation: our format+map against cryptsetup in the guest,
 # and boot-to-ready with two 1 GiB volumes against none (docs/performance.md).

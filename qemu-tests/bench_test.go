@@ -59,6 +59,62 @@ func BenchmarkBootOverhead(b *testing.B) {
 	b.ReportMetric(ours.Seconds()/base.Seconds(), "ratio")
 }
 
+// BenchmarkCompareImages measures the init overhead of several images in
+// one run, to compare a change against the image before it: each round
+// boots the trivial init once and then every image, so that all of them
+// share the round's machine speed. The images are output directories of
+// `go run ./image`, named in BULWARK_BENCH_IMAGES (space-separated);
+// `make bench-boot-compare IMAGES="/tmp/before out"` runs it.
+func BenchmarkCompareImages(b *testing.B) {
+	dirs := strings.Fields(os.Getenv("BULWARK_BENCH_IMAGES"))
+	if len(dirs) < 2 {
+		b.Fatal(`BULWARK_BENCH_IMAGES must name at least two image directories: make bench-boot-compare IMAGES="dirA dirB"`)
+	}
+	var imgs []harness.Image
+	for _, d := range dirs {
+		img, err := harness.ImageFromDir(d)
+		if err != nil {
+			b.Fatalf("%s: %v", d, err)
+		}
+		imgs = append(imgs, img)
+	}
+	trivial := trivialImage(b, imgs[0])
+	cfg := []byte(`{"version":1,"hostname":"bench"}`)
+	diffs := make([][]float64, len(imgs))
+	for i := 0; i < b.N; i++ {
+		vm := harness.Start(b, harness.Options{Name: "trivial", Image: trivial})
+		t0 := vm.MustWaitFor(`^trivial: up$`, bootTimeout).At
+		if err := vm.WaitExit(offTimeout); err != nil {
+			b.Fatal(err)
+		}
+		line := fmt.Sprintf("round %d: trivial %.3f s; overhead", i+1, t0.Seconds())
+		for j, img := range imgs {
+			vm := harness.Start(b, harness.Options{Name: fmt.Sprintf("image-%d", j+1), Image: img, Config: cfg})
+			t1 := vm.MustWaitFor(`^bulwark: ready$`, bootTimeout).At
+			if err := vm.PowerOff(offTimeout); err != nil {
+				b.Fatal(err)
+			}
+			diffs[j] = append(diffs[j], (t1 - t0).Seconds())
+			line += fmt.Sprintf(" %d: %.3f s", j+1, (t1 - t0).Seconds())
+		}
+		b.Log(line)
+	}
+	for j, d := range dirs {
+		b.Logf("image %d is %s: overhead mean %.3f s, median %.3f s", j+1, d, mean(diffs[j]), median(diffs[j]))
+		b.ReportMetric(mean(diffs[j]), fmt.Sprintf("s-overhead-%d", j+1))
+		b.ReportMetric(median(diffs[j]), fmt.Sprintf("s-overhead-median-%d", j+1))
+	}
+}
+
+// mean of a non-empty list.
+func mean(v []float64) float64 {
+	s := 0.0
+	for _, x := range v {
+		s += x
+	}
+	return s / float64(len(v))
+}
+
 // median of a non-empty list.
 func median(v []float64) float64 {
 	v = slices.Clone(v)
