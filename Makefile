@@ -99,7 +99,7 @@ bench-boot: image
 # The same overhead for several image directories in one run, to compare a
 # change with the image before it: make bench-boot-compare IMAGES="/tmp/before out"
 bench-boot-compare: deps
-	BULWARK_BENCH_IMAGES="$(IMAGES)" $(GO) test -run '^$$' -bench 'CompareImages$$' -benchtime 10x -v -timeout 60m ./qemu-tests/
+	BULWARK_BENCH_IMAGES="$(abspath $(IMAGES))" $(GO) test -run '^$$' -bench 'CompareImages$$' -benchtime 10x -v -timeout 60m ./qemu-tests/
 
 # Volumes under emulation: our format+map against cryptsetup in the guest,
 # and boot-to-ready with two 1 GiB volumes against none (docs/performance.md).
