@@ -10,10 +10,11 @@ PACKER := $(OUT)/tools/packer
 # Debian packages: the kernel and firmware the image is built from and booted
 # with, QEMU, the host tools the image build and the tests run (iptables is
 # only the baseline of the firewall benchmark; postgresql is the real
-# database behind the front door in its test).
+# database behind the front door in its test; gcc lets the race detector,
+# which needs cgo, check the concurrent module loader).
 DEBS := linux-image-amd64 systemd-boot-efi ovmf qemu-system-x86 qemu-utils \
         e2fsprogs dosfstools mtools cryptsetup-bin iproute2 nftables iputils-ping \
-        dnsmasq-base swtpm swtpm-tools iptables postgresql tcpdump lz4 python3-cryptography age
+        dnsmasq-base swtpm swtpm-tools iptables postgresql tcpdump lz4 python3-cryptography age gcc
 
 export CGO_ENABLED := 0
 
@@ -78,6 +79,7 @@ packertest: deps $(PACKER)
 
 unit: $(MINIO)
 	$(GO) test -count=1 -timeout 20m ./internal/... ./init/... ./image/... ./cmd/...
+	CGO_ENABLED=1 $(GO) test -race -count=1 ./internal/kmod/
 
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzParse -fuzztime 15s ./internal/config/

@@ -5,6 +5,7 @@ import (
 	"compress/gzip"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -216,5 +217,29 @@ func TestDecompress(t *testing.T) {
 		if _, err := decompress(c.data); err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%s: want an error with %q, got %v", name, c.want, err)
 		}
+	}
+}
+
+// A deep graph loads side by side without sibling goroutines sharing the
+// record of the path they came by (go test -race). The tree lists only
+// direct dependencies, so that every level has files to claim.
+func TestLoaderDeep(t *testing.T) {
+	var dep strings.Builder
+	const depth = 6
+	for level := 0; level < depth; level++ {
+		for n := 0; n < 1<<level; n++ {
+			fmt.Fprintf(&dep, "kernel/m%d_%d.ko:", level, n)
+			if level+1 < depth {
+				fmt.Fprintf(&dep, " kernel/m%d_%d.ko kernel/m%d_%d.ko", level+1, 2*n, level+1, 2*n+1)
+			}
+			dep.WriteString("\n")
+		}
+	}
+	l, loaded := fakeLoader(t, dep.String(), "", nil)
+	if failed := l.LoadList([]Module{{Name: "m0_0"}}); len(failed) != 0 {
+		t.Fatal(failed)
+	}
+	if got := loaded(); len(got) != 1<<depth-1 {
+		t.Fatalf("loaded %d files, want %d", len(got), 1<<depth-1)
 	}
 }

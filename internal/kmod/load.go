@@ -218,7 +218,8 @@ func (l *Loader) ensure(file string, parallel bool, stack []string) error {
 	l.inFlight[file] = f
 	l.mu.Unlock()
 
-	f.err = l.depsThenFile(file, parallel, append(stack, file))
+	// A fresh array: sibling goroutines share stack.
+	f.err = l.depsThenFile(file, parallel, append(stack[:len(stack):len(stack)], file))
 
 	l.mu.Lock()
 	delete(l.inFlight, file)
