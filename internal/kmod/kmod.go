@@ -33,9 +33,9 @@ type Module struct {
 	Why string
 }
 
-// Modules is the one list of kernel modules in the image. modules.softdep is
-// not followed by kmodule, so soft dependencies (ecb for xts, crc32c for ext4)
-// are named here explicitly. Modules that Debian builds into the kernel
+// Modules is the one list of kernel modules in the image. Neither kmodule
+// (at build time) nor the Loader (at boot) follows modules.softdep, so soft
+// dependencies (ecb for xts, crc32c for ext4) are named here explicitly. Modules that Debian builds into the kernel
 // (aes, sha256, cbc, tpm_tis, tpm_crb, af_packet) are resolved as built-in.
 var Modules = []Module{
 	{Name: "virtio_pci", Why: "virtio devices"},
