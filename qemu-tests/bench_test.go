@@ -62,7 +62,8 @@ func BenchmarkBootOverhead(b *testing.B) {
 // BenchmarkCompareImages measures the init overhead of several images in
 // one run, to compare a change against the image before it: each round
 // boots the trivial init once and then every image, so that all of them
-// share the round's machine speed. The images are output directories of
+// share the round's machine speed; every other round takes the images in
+// reverse order, so that none is always the last. The images are output directories of
 // `go run ./image`, named in BULWARK_BENCH_IMAGES (space-separated);
 // `make bench-boot-compare IMAGES="/tmp/before out"` runs it.
 func BenchmarkCompareImages(b *testing.B) {
@@ -88,8 +89,12 @@ func BenchmarkCompareImages(b *testing.B) {
 			b.Fatal(err)
 		}
 		line := fmt.Sprintf("round %d: trivial %.3f s; overhead", i+1, t0.Seconds())
-		for j, img := range imgs {
-			vm := harness.Start(b, harness.Options{Name: fmt.Sprintf("image-%d", j+1), Image: img, Config: cfg})
+		for k := range imgs {
+			j := k
+			if i%2 == 1 {
+				j = len(imgs) - 1 - k
+			}
+			vm := harness.Start(b, harness.Options{Name: fmt.Sprintf("image-%d", j+1), Image: imgs[j], Config: cfg})
 			t1 := vm.MustWaitFor(`^bulwark: ready$`, bootTimeout).At
 			if err := vm.PowerOff(offTimeout); err != nil {
 				b.Fatal(err)
