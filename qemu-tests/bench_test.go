@@ -29,23 +29,11 @@ import (
 func BenchmarkBootOverhead(b *testing.B) {
 	img := image(b)
 	trivial := trivialImage(b, img)
-	cfg := []byte(`{"version":1,"hostname":"bench"}`)
 	var ours, base time.Duration
 	var diffs []float64
 	for i := 0; i < b.N; i++ {
-		vm := harness.Start(b, harness.Options{Name: "trivial", Image: trivial})
-		l := vm.MustWaitFor(`^trivial: up$`, bootTimeout)
-		t0 := l.At
-		if err := vm.WaitExit(offTimeout); err != nil {
-			b.Fatal(err)
-		}
-
-		vm = harness.Start(b, harness.Options{Name: "bulwark", Image: img, Config: cfg})
-		l = vm.MustWaitFor(`^bulwark: ready$`, bootTimeout)
-		t1 := l.At
-		if err := vm.PowerOff(offTimeout); err != nil {
-			b.Fatal(err)
-		}
+		t0 := bootTrivial(b, trivial)
+		t1 := bootReady(b, "bulwark", img)
 		base += t0
 		ours += t1
 		diffs = append(diffs, (t1 - t0).Seconds())
@@ -63,9 +51,10 @@ func BenchmarkBootOverhead(b *testing.B) {
 // one run, to compare a change against the image before it: each round
 // boots the trivial init once and then every image, so that all of them
 // share the round's machine speed; every other round takes the images in
-// reverse order, so that none is always the last. The images are output directories of
-// `go run ./image`, named in BULWARK_BENCH_IMAGES (space-separated);
-// `make bench-boot-compare IMAGES="/tmp/before out"` runs it.
+// reverse order, so that none is always the last. The images are output
+// directories of `go run ./image`, named in BULWARK_BENCH_IMAGES
+// (space-separated); `make bench-boot-compare IMAGES="/tmp/before out"`
+// runs it.
 func BenchmarkCompareImages(b *testing.B) {
 	dirs := strings.Fields(os.Getenv("BULWARK_BENCH_IMAGES"))
 	if len(dirs) < 2 {
@@ -80,25 +69,16 @@ func BenchmarkCompareImages(b *testing.B) {
 		imgs = append(imgs, img)
 	}
 	trivial := trivialImage(b, imgs[0])
-	cfg := []byte(`{"version":1,"hostname":"bench"}`)
 	diffs := make([][]float64, len(imgs))
 	for i := 0; i < b.N; i++ {
-		vm := harness.Start(b, harness.Options{Name: "trivial", Image: trivial})
-		t0 := vm.MustWaitFor(`^trivial: up$`, bootTimeout).At
-		if err := vm.WaitExit(offTimeout); err != nil {
-			b.Fatal(err)
-		}
+		t0 := bootTrivial(b, trivial)
 		line := fmt.Sprintf("round %d: trivial %.3f s; overhead", i+1, t0.Seconds())
 		for k := range imgs {
 			j := k
 			if i%2 == 1 {
 				j = len(imgs) - 1 - k
 			}
-			vm := harness.Start(b, harness.Options{Name: fmt.Sprintf("image-%d", j+1), Image: imgs[j], Config: cfg})
-			t1 := vm.MustWaitFor(`^bulwark: ready$`, bootTimeout).At
-			if err := vm.PowerOff(offTimeout); err != nil {
-				b.Fatal(err)
-			}
+			t1 := bootReady(b, fmt.Sprintf("image-%d", j+1), imgs[j])
 			diffs[j] = append(diffs[j], (t1 - t0).Seconds())
 			line += fmt.Sprintf(" %d: %.3f s", j+1, (t1 - t0).Seconds())
 		}
@@ -109,6 +89,32 @@ func BenchmarkCompareImages(b *testing.B) {
 		b.ReportMetric(mean(diffs[j]), fmt.Sprintf("s-overhead-%d", j+1))
 		b.ReportMetric(median(diffs[j]), fmt.Sprintf("s-overhead-median-%d", j+1))
 	}
+}
+
+// benchConfig is the overhead benchmarks' node: config from fw_cfg, no
+// NIC, no volumes, no IPsec.
+var benchConfig = []byte(`{"version":1,"hostname":"bench"}`)
+
+// bootTrivial boots the trivial init and returns when its line arrived,
+// counted from QEMU's start; the VM has powered itself off.
+func bootTrivial(b *testing.B, trivial harness.Image) time.Duration {
+	vm := harness.Start(b, harness.Options{Name: "trivial", Image: trivial})
+	t := vm.MustWaitFor(`^trivial: up$`, bootTimeout).At
+	if err := vm.WaitExit(offTimeout); err != nil {
+		b.Fatal(err)
+	}
+	return t
+}
+
+// bootReady boots img as the benchmark's node and returns when "bulwark:
+// ready" arrived, counted from QEMU's start; the node is then powered off.
+func bootReady(b *testing.B, name string, img harness.Image) time.Duration {
+	vm := harness.Start(b, harness.Options{Name: name, Image: img, Config: benchConfig})
+	t := vm.MustWaitFor(`^bulwark: ready$`, bootTimeout).At
+	if err := vm.PowerOff(offTimeout); err != nil {
+		b.Fatal(err)
+	}
+	return t
 }
 
 // mean of a non-empty list.
@@ -188,7 +194,7 @@ func BenchmarkVolumeFormatMap(b *testing.B) {
 // (and without the disks), boots alternating in the same run.
 func BenchmarkBootWithVolumes(b *testing.B) {
 	img := image(b)
-	plain := []byte(`{"version":1,"hostname":"bench"}`)
+	plain := benchConfig
 	vols := []byte(`{"version":1,"hostname":"bench","volumes":[
 		{"name":"data","serial":"data0","mount":"/var/lib/data"},
 		{"name":"wal","serial":"data1","mount":"/var/lib/wal"}]}`)
