@@ -74,9 +74,9 @@ func (e *RegionError) Error() string {
 
 // NewS3 connects to the bucket and checks that it is in o.Region.
 func NewS3(ctx context.Context, o S3Options) (*S3, error) {
-	u, err := url.Parse(o.Endpoint)
-	if err != nil || u.Host == "" || (u.Path != "" && u.Path != "/") {
-		return nil, fmt.Errorf("objstore: endpoint %q is not a URL of the form https://host[:port]", o.Endpoint)
+	u, err := endpointURL(o.Endpoint)
+	if err != nil {
+		return nil, err
 	}
 	switch {
 	case u.Scheme == "https":
@@ -121,6 +121,15 @@ func NewS3(ctx context.Context, o S3Options) (*S3, error) {
 	return s, nil
 }
 
+// endpointURL parses an endpoint: a scheme and a host, no path.
+func endpointURL(endpoint string) (*url.URL, error) {
+	u, err := url.Parse(endpoint)
+	if err != nil || u.Host == "" || (u.Path != "" && u.Path != "/") {
+		return nil, fmt.Errorf("objstore: endpoint %q is not a URL of the form https://host[:port]", endpoint)
+	}
+	return u, nil
+}
+
 // newS3 is the client for the endpoint u, unchecked.
 func newS3(o S3Options, u *url.URL) *S3 {
 	tr := o.Transport
@@ -146,9 +155,9 @@ func newS3(o S3Options, u *url.URL) *S3 {
 // CreateBucket makes the bucket of o in o.Region: for test servers and
 // first-time setup; the node never creates buckets.
 func CreateBucket(ctx context.Context, o S3Options) error {
-	u, err := url.Parse(o.Endpoint)
-	if err != nil || u.Host == "" {
-		return fmt.Errorf("objstore: endpoint %q is not a URL", o.Endpoint)
+	u, err := endpointURL(o.Endpoint)
+	if err != nil {
+		return err
 	}
 	s := newS3(o, u)
 	var body []byte
