@@ -96,7 +96,7 @@ bench-backup: deps
 # Init overhead under emulation: bulwark's init against a trivial init on
 # the same kernel, in the same run (docs/performance.md).
 bench-boot: image
-	$(GO) test -run '^$$' -bench 'BootOverhead$$' -benchtime 10x -v -timeout 30m ./qemu-tests/
+	$(GO) test -run '^$$' -bench 'BootOverhead$$' -benchtime 20x -v -timeout 30m ./qemu-tests/
 
 # The same overhead for several image directories in one run, to compare a
 # change with the image before it: make bench-boot-compare IMAGES="/tmp/before out"

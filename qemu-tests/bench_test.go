@@ -3,6 +3,7 @@ package qemutests
 import (
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"os"
 	"os/exec"
@@ -22,18 +23,26 @@ import (
 // BenchmarkBootOverhead measures, in one run and on the same kernel, the
 // time from QEMU's start to "bulwark: ready" and to a trivial init's first
 // line; the difference is what bulwark's init costs (goal ≤ 1 s). Boots
-// alternate so that machine load affects both alike. This machine's speed
-// drifts by ±10% over minutes, which moves a 5 s boot by more than the
-// init's whole cost, so besides the means it reports the median of the
-// pairs' differences, which one slow pair cannot move; each pair is logged.
+// alternate in pairs so that machine load affects both alike, and every
+// other pair boots bulwark first, so that a drift in the machine's speed
+// favours neither. This machine's speed drifts by ±10% over minutes, which
+// moves a 5 s boot by more than the init's whole cost, so besides the mean
+// it reports the mean's standard error and the median of the pairs'
+// differences, which one slow pair cannot move; each pair is logged.
 func BenchmarkBootOverhead(b *testing.B) {
 	img := image(b)
 	trivial := trivialImage(b, img)
 	var ours, base time.Duration
 	var diffs []float64
 	for i := 0; i < b.N; i++ {
-		t0 := bootTrivial(b, trivial)
-		t1 := bootReady(b, "bulwark", img)
+		var t0, t1 time.Duration
+		if i%2 == 0 {
+			t0 = bootTrivial(b, trivial)
+			t1 = bootReady(b, "bulwark", img)
+		} else {
+			t1 = bootReady(b, "bulwark", img)
+			t0 = bootTrivial(b, trivial)
+		}
 		base += t0
 		ours += t1
 		diffs = append(diffs, (t1 - t0).Seconds())
@@ -43,6 +52,7 @@ func BenchmarkBootOverhead(b *testing.B) {
 	b.ReportMetric(ours.Seconds()/n, "s-to-ready")
 	b.ReportMetric(base.Seconds()/n, "s-to-trivial")
 	b.ReportMetric((ours-base).Seconds()/n, "s-overhead")
+	b.ReportMetric(stdErr(diffs), "s-overhead-stderr")
 	b.ReportMetric(median(diffs), "s-overhead-median")
 	b.ReportMetric(ours.Seconds()/base.Seconds(), "ratio")
 }
@@ -85,7 +95,7 @@ func BenchmarkCompareImages(b *testing.B) {
 		b.Log(line)
 	}
 	for j, d := range dirs {
-		b.Logf("image %d is %s: overhead mean %.3f s, median %.3f s", j+1, d, mean(diffs[j]), median(diffs[j]))
+		b.Logf("image %d is %s: overhead mean %.3f s (standard error %.3f s), median %.3f s", j+1, d, mean(diffs[j]), stdErr(diffs[j]), median(diffs[j]))
 		b.ReportMetric(mean(diffs[j]), fmt.Sprintf("s-overhead-%d", j+1))
 		b.ReportMetric(median(diffs[j]), fmt.Sprintf("s-overhead-median-%d", j+1))
 	}
@@ -124,6 +134,19 @@ func mean(v []float64) float64 {
 		s += x
 	}
 	return s / float64(len(v))
+}
+
+// stdErr is the standard error of the mean of v: the sample standard
+// deviation over the square root of the count; 0 for fewer than two values.
+func stdErr(v []float64) float64 {
+	if len(v) < 2 {
+		return 0
+	}
+	m, ss := mean(v), 0.0
+	for _, x := range v {
+		ss += (x - m) * (x - m)
+	}
+	return math.Sqrt(ss/float64(len(v)-1)) / math.Sqrt(float64(len(v)))
 }
 
 // median of a non-empty list.
