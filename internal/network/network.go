@@ -27,11 +27,7 @@ func Apply(ctx context.Context, log *slog.Logger, hostname string, n config.Netw
 	if err := unix.Sethostname([]byte(hostname)); err != nil {
 		return "", fmt.Errorf("network: setting hostname: %w", err)
 	}
-	lo, err := netlink.LinkByName("lo")
-	if err != nil {
-		return "", fmt.Errorf("network: lo: %w", err)
-	}
-	if err := netlink.LinkSetUp(lo); err != nil {
+	if err := upLoopback(); err != nil {
 		return "", fmt.Errorf("network: lo up: %w", err)
 	}
 	var summary []string
@@ -54,6 +50,26 @@ func Apply(ctx context.Context, log *slog.Logger, hostname string, n config.Netw
 		return "no interfaces configured", nil
 	}
 	return strings.Join(summary, "; "), nil
+}
+
+// upLoopback sets lo's IFF_UP flag with two ioctls. A netlink lookup of lo
+// parses every attribute the kernel reports for it, which under emulation
+// took as long as bringing the interface up.
+func upLoopback() error {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	ifr, err := unix.NewIfreq("lo")
+	if err != nil {
+		return err
+	}
+	if err := unix.IoctlIfreq(fd, unix.SIOCGIFFLAGS, ifr); err != nil {
+		return err
+	}
+	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
+	return unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr)
 }
 
 func waitLink(ctx context.Context, name string) (netlink.Link, error) {
