@@ -73,8 +73,8 @@ type boot struct {
 // boot instead of twice. The boot allocates about 4 MiB that is garbage at
 // once (mostly the background modules, decompressed and handed to the
 // kernel), which with the default setting started a collection just before
-// ready in most boots: 40-50 ms of concurrent marking under emulation,
-// competing with the stages for the two CPUs.
+// ready in two of three traced boots: 20-40 ms of concurrent marking under
+// emulation, competing with the stages for the two CPUs.
 const bootGCPercent = 400
 
 type result struct {
