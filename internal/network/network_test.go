@@ -1,6 +1,7 @@
 package network
 
 import (
+	"errors"
 	"net"
 	"runtime"
 	"testing"
@@ -16,36 +17,36 @@ func TestUpLoopback(t *testing.T) {
 		// The thread enters a new namespace and is never unlocked: it
 		// exits with this goroutine instead of returning to the pool.
 		runtime.LockOSThread()
-		if _, err := netns.New(); err != nil {
-			done <- err
-			return
-		}
-		before, err := net.InterfaceByName("lo")
-		if err != nil {
-			done <- err
-			return
-		}
-		if before.Flags&net.FlagUp != 0 {
-			t.Errorf("lo is already up in a new namespace: flags %v", before.Flags)
-		}
-		if err := upLoopback(); err != nil {
-			done <- err
-			return
-		}
-		after, err := net.InterfaceByName("lo")
-		if err != nil {
-			done <- err
-			return
-		}
-		if after.Flags&net.FlagUp == 0 {
-			t.Errorf("lo is not up after upLoopback: flags %v", after.Flags)
-		}
-		if err := upLoopback(); err != nil {
-			t.Errorf("upLoopback on a loopback that is already up: %v", err)
-		}
-		done <- nil
+		done <- upLoopbackInNewNetns()
 	}()
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
+}
+
+func upLoopbackInNewNetns() error {
+	if _, err := netns.New(); err != nil {
+		return err
+	}
+	if up, err := loUp(); err != nil || up {
+		return errors.Join(err, errors.New("lo is already up in a new namespace"))
+	}
+	if err := upLoopback(); err != nil {
+		return err
+	}
+	if up, err := loUp(); err != nil || !up {
+		return errors.Join(err, errors.New("lo is not up after upLoopback"))
+	}
+	if err := upLoopback(); err != nil {
+		return errors.Join(err, errors.New("upLoopback on a loopback that is already up"))
+	}
+	return nil
+}
+
+func loUp() (bool, error) {
+	lo, err := net.InterfaceByName("lo")
+	if err != nil {
+		return false, err
+	}
+	return lo.Flags&net.FlagUp != 0, nil
 }
