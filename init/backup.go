@@ -79,6 +79,15 @@ func startBackups(b *boot) (string, error) {
 	} else {
 		detail += ", on request"
 	}
+	if s.FinalOnShutdown {
+		// The volumes stage registered "close audit log" after the
+		// volumes' erasure; the final round runs just before it, after
+		// the workload has stopped and the scheduled rounds with it.
+		if err := b.onShutdownBefore("close audit log", "final backup", r.final); err != nil {
+			return "", fmt.Errorf("backup: %w", err)
+		}
+		detail += ", a final round at shutdown"
+	}
 	b.onShutdown("stop backups", func(ctx context.Context) error {
 		r.cancel()
 		r.wg.Wait()
@@ -162,7 +171,7 @@ func (r *backups) start(why string) error {
 	r.wg.Add(1)
 	r.b.goSafe("backup", func() {
 		defer r.wg.Done()
-		lines := r.round(why)
+		lines, _ := r.round(r.ctx, why)
 		r.mu.Lock()
 		r.running, r.last, r.lastAt = false, lines, time.Now()
 		r.mu.Unlock()
@@ -170,18 +179,35 @@ func (r *backups) start(why string) error {
 	return nil
 }
 
+// finalBackupTimeout bounds the final round within the teardown's limit,
+// so that the steps after it (closing the audit log, erasing the volumes)
+// keep their time.
+const finalBackupTimeout = 30 * time.Second
+
+// final is the teardown step of a final round: the workload has stopped,
+// so its files are at rest, and the volumes are not erased yet. A source
+// that is not backed up in time fails the step, so the node does not
+// report a clean power-off; the volumes are erased all the same.
+func (r *backups) final(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, finalBackupTimeout)
+	defer cancel()
+	lines, failed := r.round(ctx, "shutdown")
+	if failed > 0 {
+		return fmt.Errorf("%d of %d sources not backed up: %s", failed, len(r.cfg.Sources), strings.Join(lines, "; "))
+	}
+	return nil
+}
+
 // round backs up every source in order; a failed source does not stop the
-// others. It returns one line per source.
-func (r *backups) round(why string) []string {
-	ctx := r.ctx
+// others. It returns one line per source and how many failed.
+func (r *backups) round(ctx context.Context, why string) (lines []string, failed int) {
 	r.b.log.Info("backup round started", "why", why)
-	var lines []string
 	st, err := r.store(ctx)
 	if err != nil {
 		line := "store: " + err.Error()
 		r.b.log.Error("backup round failed", "err", err)
 		r.b.audit.Append(audit.KindBackup, why, "", line, "failed")
-		return []string{line}
+		return []string{line}, len(r.cfg.Sources)
 	}
 	o := backup.Options{
 		Public: r.pub, Store: st, Node: r.b.cfg.Hostname, Region: r.cfg.Region,
@@ -193,6 +219,7 @@ func (r *backups) round(why string) []string {
 		result := "ok"
 		if err != nil {
 			result = "failed"
+			failed++
 			what = fmt.Sprintf("%s %s: %v", src.Kind, src.Path+strings.Join(src.Command, " "), err)
 			r.b.log.Error("backup failed", "source", src.Kind, "err", err)
 		} else {
@@ -205,7 +232,7 @@ func (r *backups) round(why string) []string {
 	if n, err := backup.Prune(ctx, st, r.b.cfg.Hostname, ""); err == nil && n > 0 {
 		r.b.log.Info(fmt.Sprintf("backup: removed %d objects of incomplete backups", n))
 	}
-	return lines
+	return lines, failed
 }
 
 func (r *backups) source(ctx context.Context, src config.BackupSource, o backup.Options) (string, error) {

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -160,6 +161,19 @@ func (b *boot) stage(name string, fn stageFunc) {
 // onShutdown registers a teardown step.
 func (b *boot) onShutdown(name string, fn func(context.Context) error) {
 	b.teardown = append(b.teardown, teardownStep{name, fn})
+}
+
+// onShutdownBefore registers a teardown step that runs just before the
+// step named before, which an earlier stage registered, and so after every
+// step registered since then.
+func (b *boot) onShutdownBefore(before, name string, fn func(context.Context) error) error {
+	for i, s := range b.teardown {
+		if s.name == before {
+			b.teardown = slices.Insert(b.teardown, i+1, teardownStep{name, fn})
+			return nil
+		}
+	}
+	return fmt.Errorf("no teardown step %q for %q to run before", before, name)
 }
 
 // goSafe runs fn in a goroutine; a panic in it halts the node instead of

@@ -61,6 +61,9 @@ type Backup struct {
 	// IntervalSeconds runs every source on this interval (60 to 604800);
 	// 0 means on request only (management API).
 	IntervalSeconds int `json:"interval_seconds,omitempty"`
+	// FinalOnShutdown runs one more round at shutdown, after the workload
+	// has stopped and before the volumes are crypto-erased.
+	FinalOnShutdown bool `json:"final_on_shutdown,omitempty"`
 	// Sources are backed up in order at each run.
 	Sources []BackupSource `json:"sources"`
 }

@@ -191,7 +191,7 @@ func TestBackupSection(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Backup.EffectiveSegmentMiB() != 64 || len(c.Backup.Sources) != 3 {
+	if c.Backup.EffectiveSegmentMiB() != 64 || len(c.Backup.Sources) != 3 || c.Backup.FinalOnShutdown {
 		t.Fatalf("%+v", c.Backup)
 	}
 	store := `"store":{"dir":"/data/bk"},"sources":[{"kind":"tree","path":"/data"}]`
@@ -211,6 +211,7 @@ func TestBackupSection(t *testing.T) {
 		{"no sources", `+"region":"r","store":{"dir":"/data/bk"},"sources":[]`, "backup.sources: 0 sources"},
 		{"interval", `+"region":"r","interval_seconds":5,` + store, "backup.interval_seconds: 5"},
 		{"segment", `+"region":"r","segment_mib":9000,` + store, "backup.segment_mib: 9000"},
+		{"final not a bool", `+"region":"r","final_on_shutdown":"yes",` + store, "backup.final_on_shutdown"},
 		{"command relative", `+"region":"r","store":{"dir":"/data/bk"},"sources":[{"kind":"command","command":["pg_basebackup"]}]`, "backup.sources[0].command"},
 	} {
 		if _, err := Parse([]byte(backupDoc(t, 3072, tc.mutate))); err == nil || !strings.Contains(err.Error(), tc.want) {
