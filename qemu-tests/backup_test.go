@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -21,8 +22,10 @@ import (
 // TestBackup: a node writes data into its encrypted volume and, on a
 // management API request, backs it up to MinIO on the test bridge; the
 // host restores it with the private key to identical bytes. A dump of the
-// node's memory holds the public key and no trace of the private key. A
-// node whose bucket is in another region refuses it and halts.
+// node's memory holds the public key and no trace of the private key. At
+// power-off the node takes a final backup after its workload has stopped
+// and before its volume is erased. A node whose bucket is in another
+// region refuses it and halts.
 func TestBackup(t *testing.T) {
 	img := testImage(t)
 	ctlBin := buildCtl(t)
@@ -55,8 +58,8 @@ func TestBackup(t *testing.T) {
 		"firewall": {"management_sources": ["10.99.0.5"], "egress": {"backup": [{"address": "10.99.0.40", "port": 9000}]}},
 		"tls": %s,
 		"volumes": [{"name": "data", "serial": "data0", "mount": "/var/lib/data"}],
-		"workload": {"command": ["%s/markerwriter", "4", "%s", "/var/lib/data/marker"], "uid": 999, "gid": 999},
-		"backup": {"region": %q, "public_key": %s, "segment_mib": 1,
+		"workload": {"command": ["%s/markerwriter", "-on-term", "/var/lib/data/stopped", "4", "%s", "/var/lib/data/marker"], "uid": 999, "gid": 999},
+		"backup": {"region": %q, "public_key": %s, "segment_mib": 1, "final_on_shutdown": true,
 			"store": {"s3": {"endpoint": "http://10.99.0.40:9000", "allow_http": true, "bucket": "backups", "prefix": "svc",
 				"access_key": %q, "secret_key": %q}},
 			"sources": [{"kind": "tree", "path": "/var/lib/data"}]}}`,
@@ -66,7 +69,7 @@ func TestBackup(t *testing.T) {
 	vm := harness.Start(t, harness.Options{Name: "backup", Image: img, Config: config("eu-north-1"), Net: n,
 		Disks: []string{newDisk(t, dir, "d0", 64<<20)}})
 	vm.MustWaitFor(`^bulwark: ready$`, 3*time.Minute)
-	vm.MustWaitFor(`^bulwark:   backup +ok .*1 sources, key [0-9a-f]{16}…, region eu-north-1; s3 http://10.99.0.40:9000 bucket backups \(eu-north-1\), on request`, time.Second)
+	vm.MustWaitFor(`^bulwark:   backup +ok .*1 sources, key [0-9a-f]{16}…, region eu-north-1; s3 http://10.99.0.40:9000 bucket backups \(eu-north-1\), on request, a final round at shutdown`, time.Second)
 	vm.MustWaitFor(`^bulwark: workload: wrote 4 MiB of marker to /var/lib/data/marker as uid 999$`, time.Minute)
 
 	op := operator{t: t, from: ops, bin: ctlBin, dir: dir, caFile: filepath.Join(dir, "ca", "ca.pem")}
@@ -113,25 +116,54 @@ func TestBackup(t *testing.T) {
 	if out, code := op.run("", append([]string{"backup", "list"}, store...)...); code != 0 || !strings.Contains(out, "db-1 "+id) || !strings.Contains(out, "complete") {
 		t.Fatalf("backup list: exit %d\n%s", code, out)
 	}
-	restored := filepath.Join(dir, "restored")
-	args := append([]string{"backup", "restore", "--key", keyFile, "--node", "db-1", "--id", id, "--to", restored, "--quiet"}, store...)
-	if out, code := op.run("", args...); code != 0 {
-		t.Fatalf("backup restore: exit %d\n%s", code, out)
-	}
-	got, err := os.ReadFile(filepath.Join(restored, "marker"))
-	if err != nil {
-		t.Fatal(err)
-	}
 	want := bytes.Repeat([]byte(marker), 4<<20/len(marker)+1)
 	want = bytes.Repeat(want[:1<<20], 4)
-	if !bytes.Equal(got, want) {
-		t.Fatalf("restored marker file: %d bytes, not the %d the workload wrote", len(got), len(want))
+	restore := func(id string) string {
+		to := filepath.Join(dir, "restored-"+id)
+		args := append([]string{"backup", "restore", "--key", keyFile, "--node", "db-1", "--id", id, "--to", to, "--quiet"}, store...)
+		if out, code := op.run("", args...); code != 0 {
+			t.Fatalf("backup restore %s: exit %d\n%s", id, code, out)
+		}
+		got, err := os.ReadFile(filepath.Join(to, "marker"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, want) {
+			t.Fatalf("backup %s: restored marker file: %d bytes, not the %d the workload wrote", id, len(got), len(want))
+		}
+		return to
+	}
+	restored := restore(id)
+	if _, err := os.Stat(filepath.Join(restored, "stopped")); !os.IsNotExist(err) {
+		t.Fatalf("the backup taken while the workload ran holds the file it writes when stopped (stat: %v)", err)
 	}
 	if out, _ := op.run("robot", "status"); !strings.Contains(out, "last round") || !strings.Contains(out, id) {
 		t.Errorf("status does not report the backup:\n%s", out)
 	}
 	if err := vm.PowerOff(2 * time.Minute); err != nil {
 		t.Fatal(err)
+	}
+
+	// The final round ran after the workload stopped and before the
+	// volume was erased, and restores with what the workload wrote when
+	// it stopped.
+	steps, err := inOrder(vm.Lines(),
+		`^bulwark: shutting down `,
+		`^bulwark: workload: stopped: wrote /var/lib/data/stopped$`,
+		`^bulwark: teardown step="stop workload"`,
+		`^bulwark: backup ([0-9a-f]{32}) eu-north-1 complete: tree /var/lib/data, `,
+		`^bulwark: teardown step="final backup"`,
+		`^bulwark: teardown step="crypto-erase volume data"`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	final := strings.Fields(strings.TrimPrefix(steps[3], "bulwark: backup "))[0]
+	if final == id {
+		t.Fatalf("the final round reported the first backup's id %s", id)
+	}
+	stopped, err := os.ReadFile(filepath.Join(restore(final), "stopped"))
+	if err != nil || string(stopped) != "stopped by SIGTERM\n" {
+		t.Fatalf("the final backup does not hold what the workload wrote when it stopped: %q, %v", stopped, err)
 	}
 
 	// The same node pointed at the same bucket but told it is in another
@@ -142,6 +174,49 @@ func TestBackup(t *testing.T) {
 	if _, err := vm.WaitFor(`^bulwark: ready$`, time.Second); err == nil {
 		t.Fatal("a node with a bucket in another region became ready")
 	}
+
+	// A final round that cannot reach the store fails its step: the node
+	// says so instead of "powered off cleanly", and erases its volume all
+	// the same.
+	disk := newDisk(t, dir, "d2", 64<<20)
+	vm = harness.Start(t, harness.Options{Name: "backup-final-fails", Image: img, Config: config("eu-north-1"), Net: n,
+		Disks: []string{disk}})
+	vm.MustWaitFor(`^bulwark: ready$`, 3*time.Minute)
+	srv.Stop()
+	if err := vm.PowerButton(); err != nil {
+		t.Fatal(err)
+	}
+	vm.MustWaitFor(`^bulwark: ERROR: powering off after failed teardown steps$`, 2*time.Minute)
+	if _, err := inOrder(vm.Lines(),
+		`^bulwark: teardown step="stop workload"`,
+		`^bulwark: ERROR: teardown step failed step="final backup" err=.*1 of 1 sources not backed up: `,
+		`^bulwark: teardown step="crypto-erase volume data"`,
+	); err != nil {
+		t.Fatal(err)
+	}
+	if err := vm.WaitExit(time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	assertErased(t, disk)
+}
+
+// inOrder finds a line for each pattern, each after the one before, and
+// returns their texts.
+func inOrder(lines []harness.Line, patterns ...string) ([]string, error) {
+	var found []string
+	i := 0
+	for _, p := range patterns {
+		re := regexp.MustCompile(p)
+		for i < len(lines) && !re.MatchString(lines[i].Text) {
+			i++
+		}
+		if i == len(lines) {
+			return nil, fmt.Errorf("no line matching %q after %q", p, found)
+		}
+		found = append(found, lines[i].Text)
+		i++
+	}
+	return found, nil
 }
 
 // leWords returns a big-endian number as the little-endian 64-bit words
