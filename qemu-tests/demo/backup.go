@@ -26,21 +26,41 @@ func startStore(r *runner, n *harness.Net) {
 }
 
 // backupSection is the node's backup config: the service's public key, the
-// bucket, and its data volume as a tree.
+// bucket, and its data volume as a tree, backed up on request and once more
+// at shutdown.
 func (p *demoPKI) backupSection(r *runner) map[string]any {
 	pub, err := os.ReadFile(filepath.Join(p.dir, "svc.pub"))
 	if err != nil {
 		r.Fatal(err)
 	}
 	return map[string]any{
-		"region":      s3Region,
-		"public_key":  string(pub),
-		"segment_mib": 16,
+		"region":            s3Region,
+		"public_key":        string(pub),
+		"segment_mib":       16,
+		"final_on_shutdown": true,
 		"store": map[string]any{"s3": map[string]any{
 			"endpoint": "http://" + s3Addr, "allow_http": true, "bucket": "backups", "prefix": "demo",
 			"access_key": miniotest.AccessKey, "secret_key": miniotest.SecretKey,
 		}},
 		"sources": []map[string]any{{"kind": "tree", "path": "/var/lib/postgresql"}},
+	}
+}
+
+// backupStore is bulwarkctl's view of the bucket, from the host.
+func backupStore() []string {
+	os.Setenv("AWS_ACCESS_KEY_ID", miniotest.AccessKey)
+	os.Setenv("AWS_SECRET_ACCESS_KEY", miniotest.SecretKey)
+	return []string{"--store", "s3://backups/demo", "--endpoint", "http://" + s3Addr, "--region", s3Region, "--allow-http"}
+}
+
+// showFinalBackup lists the bucket after the node has powered off: the
+// round it ran at shutdown, after its workload stopped and before its
+// volumes were erased, is there beside the one made on request.
+func (p *demoPKI) showFinalBackup(r *runner, ops *harness.Client) {
+	list := p.ctl(r, ops, "", 0, append([]string{"backup", "list"}, backupStore()...)...)
+	fmt.Printf("bulwarkctl backup list:\n%s", list)
+	if n := strings.Count(list, "complete"); n != 2 {
+		r.Fatalf("%d complete backups after shutdown, want 2 (on request, and the final round)", n)
 	}
 }
 
@@ -52,9 +72,7 @@ func (p *demoPKI) showBackup(r *runner, vm *harness.VM, ops *harness.Client) {
 	done := vm.MustWaitFor(`^bulwark: backup [0-9a-f]{32} `+s3Region+` complete: `, 3*time.Minute)
 	fmt.Println("  " + done.Text)
 	id := strings.Fields(strings.TrimPrefix(done.Text, "bulwark: backup "))[0]
-	os.Setenv("AWS_ACCESS_KEY_ID", miniotest.AccessKey)
-	os.Setenv("AWS_SECRET_ACCESS_KEY", miniotest.SecretKey)
-	store := []string{"--store", "s3://backups/demo", "--endpoint", "http://" + s3Addr, "--region", s3Region, "--allow-http"}
+	store := backupStore()
 	fmt.Printf("bulwarkctl backup list:\n%s", p.ctl(r, ops, "", 0, append([]string{"backup", "list"}, store...)...))
 	key := filepath.Join(p.dir, "svc.key")
 	fmt.Print(p.ctl(r, ops, "", 0, append([]string{"backup", "verify", "--quiet", "--key", key, "--node", "db-node-1", "--id", id}, store...)...))
