@@ -205,6 +205,8 @@ func TestDecompress(t *testing.T) {
 	corrupt[len(corrupt)/2] ^= 0xff
 	huge := slices.Clone(gz.Bytes())
 	binary.LittleEndian.PutUint32(huge[len(huge)-4:], maxModule+1)
+	short := slices.Clone(gz.Bytes())
+	binary.LittleEndian.PutUint32(short[len(short)-4:], uint32(len(want)-1))
 	for name, c := range map[string]struct {
 		data []byte
 		want string
@@ -213,6 +215,7 @@ func TestDecompress(t *testing.T) {
 		"not gzip":     {append(bytes.Repeat([]byte("x"), 36), 0, 0, 0, 0), "decompressing"},
 		"corrupt":      {corrupt, "decompressing"},
 		"claims a lot": {huge, "more than"},
+		"claims less":  {short, "decompressing"},
 	} {
 		if _, err := decompress(c.data); err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%s: want an error with %q, got %v", name, c.want, err)

@@ -305,8 +305,10 @@ func initCompressed(p string) error {
 	return unix.InitModule(img, "")
 }
 
-// decompress unpacks a gzip module file into memory of the size its
-// trailer gives.
+// decompress unpacks a gzip module file into memory of exactly the size
+// its trailer gives, and refuses a stream that does not end there. (A
+// bytes.Buffer of that capacity, as before, reallocated the whole image
+// whenever a read left it less than 512 bytes free short of the end.)
 func decompress(data []byte) ([]byte, error) {
 	if len(data) < 18 {
 		return nil, errors.New("not a gzip file")
@@ -319,12 +321,14 @@ func decompress(data []byte) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("decompressing: %w", err)
 	}
-	img := bytes.NewBuffer(make([]byte, 0, size))
-	if _, err := io.Copy(img, io.LimitReader(zr, maxModule+1)); err != nil {
+	img := make([]byte, size)
+	if _, err := io.ReadFull(zr, img); err != nil {
 		return nil, fmt.Errorf("decompressing: %w", err)
 	}
-	if img.Len() > maxModule {
-		return nil, fmt.Errorf("more than %d bytes uncompressed", maxModule)
+	// The stream must end here; reading on also makes the reader check
+	// the trailer's checksum and size.
+	if n, err := zr.Read(make([]byte, 1)); n != 0 || err != io.EOF {
+		return nil, fmt.Errorf("decompressing: not %d bytes as the trailer says (%v)", size, err)
 	}
-	return img.Bytes(), nil
+	return img, nil
 }
