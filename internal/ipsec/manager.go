@@ -7,6 +7,7 @@
 package ipsec
 
 import (
+	"context"
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
@@ -111,13 +112,16 @@ func Start(o Options) (*Manager, error) {
 	}
 	for i, p := range o.Peers {
 		ps := &peerState{Peer: p, reqid: 1000 + i, state: "connecting", kick: make(chan struct{}, 1), want: make(chan string, 1)}
-		if err := installPolicies(policies(o.Self, p.Addr, o.KeyingPort, 0, ps.reqid)); err != nil {
+		if err := installPolicies(policies(o.Self, p.Addr, 0, ps.reqid)); err != nil {
 			m.removeAll()
 			return nil, err
 		}
 		m.peers = append(m.peers, ps)
 	}
-	ln, err := net.Listen("tcp", net.JoinHostPort(o.Self.String(), fmt.Sprint(o.KeyingPort)))
+	// The listener carries the keying connection's plaintext bypass; the
+	// connections it accepts inherit it.
+	lc := net.ListenConfig{Control: bypassSocket}
+	ln, err := lc.Listen(context.Background(), "tcp", net.JoinHostPort(o.Self.String(), fmt.Sprint(o.KeyingPort)))
 	if err != nil {
 		m.removeAll()
 		return nil, fmt.Errorf("ipsec: keying port: %w", err)
@@ -151,7 +155,7 @@ func (m *Manager) removeAll() {
 			}
 		}
 		p.mu.Unlock()
-		removePolicies(policies(m.o.Self, p.Addr, m.o.KeyingPort, 0, p.reqid))
+		removePolicies(policies(m.o.Self, p.Addr, 0, p.reqid))
 	}
 }
 
@@ -259,7 +263,7 @@ func (m *Manager) dial(p *peerState) (*tls.Conn, error) {
 	cfg := m.tls.Clone()
 	cfg.ServerName = p.Name
 	cfg.VerifyConnection = m.verifyPeer(p)
-	d := &net.Dialer{Timeout: 10 * time.Second, LocalAddr: &net.TCPAddr{IP: m.o.Self.AsSlice()}}
+	d := &net.Dialer{Timeout: 10 * time.Second, LocalAddr: &net.TCPAddr{IP: m.o.Self.AsSlice()}, Control: bypassSocket}
 	c, err := tls.DialWithDialer(d, "tcp", net.JoinHostPort(p.Addr.String(), fmt.Sprint(m.o.KeyingPort)), cfg)
 	if err != nil {
 		return nil, fmt.Errorf("keying connection to %s: %w", p.Addr, err)
@@ -381,7 +385,7 @@ func (m *Manager) install(p *peerState, w *wire, cs tls.ConnectionState, initiat
 		deleteState(p.Addr, m.o.Self, inSPI)
 		return err
 	}
-	if err := installPolicies(policies(m.o.Self, p.Addr, m.o.KeyingPort, outSPI, p.reqid)); err != nil {
+	if err := installPolicies(policies(m.o.Self, p.Addr, outSPI, p.reqid)); err != nil {
 		return err
 	}
 	p.mu.Lock()

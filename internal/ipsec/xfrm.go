@@ -18,36 +18,44 @@ const (
 	replayWindow = 1024
 )
 
-// Policy priorities: lower is stronger. The keying connection's bypass
-// must win over the ESP requirement.
+// Policy priorities: lower is stronger. The neighbour-discovery bypass
+// must win over the ESP requirement. (The keying sockets' bypass is a
+// socket policy, which the kernel consults before the SPD: socket.go.)
 const (
 	prioBypass = 100
 	prioESP    = 200
 )
 
+// ndTypes are the ICMPv6 messages of neighbour discovery (RFC 4861: router
+// solicitation and advertisement, neighbour solicitation and
+// advertisement, redirect). Without them in plaintext two IPv6 peers could
+// not resolve each other's link-layer address to send the first ESP
+// packet; every other ICMPv6 message (echo, errors) goes in ESP.
+var ndTypes = []int{133, 134, 135, 136, 137}
+
 func hostNet(a netip.Addr) *net.IPNet {
 	return &net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(a.BitLen(), a.BitLen())}
 }
 
-// policies installs, for one peer, the policies that require ESP for all
-// traffic between the two addresses, except the TCP keying connection
-// (and, for IPv6, ICMPv6, which carries neighbour discovery). outSPI is
+// policies returns, for one peer, the policies that require ESP for all
+// traffic between the two addresses, both ways, except (for IPv6) the
+// neighbour-discovery messages. There is no port bypass: the keying
+// connection's sockets carry their own bypass (bypassSocket). outSPI is
 // the SPI of the outbound SA the out policy uses; 0 before the first one.
-func policies(self, peer netip.Addr, keyingPort int, outSPI uint32, reqid int) []*netlink.XfrmPolicy {
+func policies(self, peer netip.Addr, outSPI uint32, reqid int) []*netlink.XfrmPolicy {
 	var ps []*netlink.XfrmPolicy
 	for _, dir := range []netlink.Dir{netlink.XFRM_DIR_OUT, netlink.XFRM_DIR_IN} {
 		src, dst := self, peer
 		if dir == netlink.XFRM_DIR_IN {
 			src, dst = peer, self
 		}
-		// Bypass: the keying port, either end of the connection.
-		for _, ports := range [][2]int{{0, keyingPort}, {keyingPort, 0}} {
-			ps = append(ps, &netlink.XfrmPolicy{Src: hostNet(src), Dst: hostNet(dst), Proto: netlink.Proto(6),
-				SrcPort: ports[0], DstPort: ports[1], Dir: dir, Priority: prioBypass, Action: netlink.XFRM_POLICY_ALLOW})
-		}
 		if self.Is6() {
-			ps = append(ps, &netlink.XfrmPolicy{Src: hostNet(src), Dst: hostNet(dst), Proto: netlink.Proto(58),
-				Dir: dir, Priority: prioBypass, Action: netlink.XFRM_POLICY_ALLOW})
+			// For ICMPv6 the selector's source port is the message
+			// type (and the destination port the code).
+			for _, typ := range ndTypes {
+				ps = append(ps, &netlink.XfrmPolicy{Src: hostNet(src), Dst: hostNet(dst), Proto: netlink.Proto(58),
+					SrcPort: typ, Dir: dir, Priority: prioBypass, Action: netlink.XFRM_POLICY_ALLOW})
+			}
 		}
 		tmpl := netlink.XfrmPolicyTmpl{Src: src.AsSlice(), Dst: dst.AsSlice(), Proto: netlink.XFRM_PROTO_ESP,
 			Mode: netlink.XFRM_MODE_TRANSPORT, Reqid: reqid}
