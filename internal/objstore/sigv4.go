@@ -60,20 +60,53 @@ func signV4(req *http.Request, payloadHash, accessKey, secretKey, region string,
 	sum := sha256.Sum256([]byte(canonical))
 	toSign := sigAlgorithm + "\n" + now.Format(amzDate) + "\n" + scope + "\n" + hex.EncodeToString(sum[:])
 
-	key := hmacSHA256([]byte("AWS4"+secretKey), day)
-	key = hmacSHA256(key, region)
-	key = hmacSHA256(key, "s3")
-	key = hmacSHA256(key, "aws4_request")
-	sig := hex.EncodeToString(hmacSHA256(key, toSign))
-	clear(key)
+	// The signing key is derived from the secret in four HMAC steps.
+	// The buffers this function owns are cleared before it returns:
+	// "AWS4"+secret (built in a slice, never as a string), kDate,
+	// kRegion, kService and kSigning, each written in place by Sum. What
+	// cannot be cleared from here: crypto/hmac copies each key into its
+	// own unexported pads (key XOR ipad, key XOR opad; a key longer than
+	// the 64-byte block is hashed first, into one more copy) and absorbs
+	// them into two SHA-256 states, any of which computes the same MACs
+	// as the key; no call wipes them, so they stay in the heap as garbage
+	// until the memory is reused. The secret itself
+	// is a Go string in S3Options (and in the config), immutable and held
+	// for the life of the process. (kSigning is not cached across
+	// requests in locked memory: that would leave fewer pads behind,
+	// but hold a key that signs for a whole day, and cost each client a
+	// locked page that bulwarkctl on an operator's host may not get; the
+	// secret it derives from stays on the heap either way.)
+	var keys [4][sha256.Size]byte // kDate, kRegion, kService, kSigning
+	secret := make([]byte, 0, len("AWS4")+len(secretKey))
+	secret = append(append(secret, "AWS4"...), secretKey...)
+	hmacInto(&keys[0], secret, day)
+	hmacInto(&keys[1], keys[0][:], region)
+	hmacInto(&keys[2], keys[1][:], "s3")
+	hmacInto(&keys[3], keys[2][:], "aws4_request")
+	var mac [sha256.Size]byte
+	hmacInto(&mac, keys[3][:], toSign)
+	sig := hex.EncodeToString(mac[:])
+	clear(secret)
+	for i := range keys {
+		clear(keys[i][:])
+	}
+	if signKeysHook != nil {
+		signKeysHook([][]byte{secret, keys[0][:], keys[1][:], keys[2][:], keys[3][:]})
+	}
 
 	req.Header.Set("Authorization", sigAlgorithm+" Credential="+accessKey+"/"+scope+", SignedHeaders="+signed+", Signature="+sig)
 }
 
-func hmacSHA256(key []byte, msg string) []byte {
+// signKeysHook, when set (tests), is called at the end of every signV4
+// with the signer's own key buffers, after they were cleared.
+var signKeysHook func(keys [][]byte)
+
+// hmacInto writes HMAC-SHA256(key, msg) into dst, so that the result is
+// in a buffer the caller owns (and clears), not in a fresh allocation.
+func hmacInto(dst *[sha256.Size]byte, key []byte, msg string) {
 	m := hmac.New(sha256.New, key)
 	m.Write([]byte(msg))
-	return m.Sum(nil)
+	m.Sum(dst[:0])
 }
 
 // canonicalQuery sorts the parameters by name, then value, each

@@ -1,6 +1,7 @@
 package objstore
 
 import (
+	"bytes"
 	"net/http"
 	"strings"
 	"testing"
@@ -63,5 +64,35 @@ func TestURIEncode(t *testing.T) {
 	q := map[string][]string{"uploads": {""}, "prefix": {"a/b"}, "list-type": {"2"}}
 	if got, want := canonicalQuery(q), "list-type=2&prefix=a%2Fb&uploads="; got != want {
 		t.Errorf("canonicalQuery = %q, want %q", got, want)
+	}
+}
+
+// TestSignV4KeysCleared: every key buffer the signer derives ("AWS4" and
+// the secret, kDate, kRegion, kService, kSigning) is all zeros once the
+// request is signed. The hook sees the signer's own slices, so it sees
+// what stays in memory.
+func TestSignV4KeysCleared(t *testing.T) {
+	var seen [][]byte
+	signKeysHook = func(keys [][]byte) { seen = keys }
+	defer func() { signKeysHook = nil }()
+	req, _ := http.NewRequest("GET", "https://examplebucket.s3.amazonaws.com/test.txt", nil)
+	secret := "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+	signV4(req, emptySHA256, "AKIAIOSFODNN7EXAMPLE", secret, "us-east-1", time.Date(2013, 5, 24, 0, 0, 0, 0, time.UTC))
+	names := []string{`"AWS4"+secret`, "kDate", "kRegion", "kService", "kSigning"}
+	if len(seen) != len(names) {
+		t.Fatalf("the hook saw %d key buffers, want %d", len(seen), len(names))
+	}
+	for i, k := range seen {
+		want := 32
+		if i == 0 {
+			want = 4 + len(secret)
+		}
+		if len(k) != want {
+			t.Errorf("%s: %d bytes, want %d", names[i], len(k), want)
+		}
+		// Only a count: the test does not print key bytes.
+		if n := len(k) - bytes.Count(k, []byte{0}); n != 0 {
+			t.Errorf("%s is not cleared: %d of its %d bytes are not zero", names[i], n, len(k))
+		}
 	}
 }
