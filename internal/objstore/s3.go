@@ -82,9 +82,9 @@ func NewS3(ctx context.Context, o S3Options) (*S3, error) {
 	case u.Scheme == "https":
 	case u.Scheme == "http" && o.AllowHTTP:
 	case u.Scheme == "http":
-		return nil, fmt.Errorf("objstore: endpoint %q is plain http; set allow_http to accept that", o.Endpoint)
+		return nil, fmt.Errorf("objstore: endpoint %q is plain http; set allow_http to accept that", redactEndpoint(o.Endpoint))
 	default:
-		return nil, fmt.Errorf("objstore: endpoint %q: scheme must be https", o.Endpoint)
+		return nil, fmt.Errorf("objstore: endpoint %q: scheme must be https", redactEndpoint(o.Endpoint))
 	}
 	if o.Bucket == "" {
 		return nil, errors.New("objstore: no bucket named")
@@ -113,7 +113,7 @@ func NewS3(ctx context.Context, o S3Options) (*S3, error) {
 		return classify(err)
 	})
 	if err != nil {
-		return nil, fmt.Errorf("objstore: bucket %q at %s: %w", o.Bucket, o.Endpoint, err)
+		return nil, fmt.Errorf("objstore: bucket %q at %s: %w", o.Bucket, s.base, err)
 	}
 	if loc != o.Region {
 		return nil, &RegionError{Bucket: o.Bucket, BucketRegion: loc, NodeRegion: o.Region}
@@ -121,13 +121,39 @@ func NewS3(ctx context.Context, o S3Options) (*S3, error) {
 	return s, nil
 }
 
-// endpointURL parses an endpoint: a scheme and a host, no path.
+// endpointURL parses an endpoint: a scheme and a host, no path, no user
+// information (the credentials are the access and secret keys, never
+// part of the URL).
 func endpointURL(endpoint string) (*url.URL, error) {
 	u, err := url.Parse(endpoint)
+	if err == nil && u.User != nil {
+		return nil, fmt.Errorf("objstore: endpoint %q carries user information (a name or password); give the credentials as the access and secret keys", redactEndpoint(endpoint))
+	}
 	if err != nil || u.Host == "" || (u.Path != "" && u.Path != "/") {
-		return nil, fmt.Errorf("objstore: endpoint %q is not a URL of the form https://host[:port]", endpoint)
+		return nil, fmt.Errorf("objstore: endpoint %q is not a URL of the form https://host[:port]", redactEndpoint(endpoint))
 	}
 	return u, nil
+}
+
+// redactEndpoint is an endpoint as an error message may show it: the user
+// information, if any, replaced by REDACTED, and a query or fragment by
+// ?REDACTED. It works on the text rather than on url.Parse's result, so
+// that an endpoint url.Parse refuses (a bad escape in a password, a '/' or
+// '#' in it) is redacted as well: everything up to the last '@' counts as
+// user information, even where that also hides a path. (internal/config
+// has the same rule for the config's endpoint.)
+func redactEndpoint(s string) string {
+	if at := strings.LastIndexByte(s, '@'); at >= 0 {
+		scheme := ""
+		if i := strings.Index(s, "://"); i >= 0 && i < at {
+			scheme = s[:i+3]
+		}
+		s = scheme + "REDACTED@" + s[at+1:]
+	}
+	if q := strings.IndexAny(s, "?#"); q >= 0 {
+		s = s[:q] + "?REDACTED"
+	}
+	return s
 }
 
 // newS3 is the client for the endpoint u, unchecked.
@@ -178,7 +204,7 @@ func CreateBucket(ctx context.Context, o S3Options) error {
 }
 
 func (s *S3) String() string {
-	return fmt.Sprintf("s3 %s bucket %s (%s)", s.o.Endpoint, s.o.Bucket, s.o.Region)
+	return fmt.Sprintf("s3 %s bucket %s (%s)", s.base, s.o.Bucket, s.o.Region)
 }
 
 func (s *S3) key(name string) (string, error) {
