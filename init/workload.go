@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"os"
@@ -9,6 +8,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/bulwarkvm/bulwark/internal/bootlog"
 	"github.com/bulwarkvm/bulwark/internal/proc"
 )
 
@@ -17,7 +17,8 @@ import (
 const workloadStopTimeout = 20 * time.Second
 
 // startWorkload hands the data volumes to the workload's user and starts
-// it. Its output goes to the console, prefixed "workload: ". It is not
+// it. Its output goes to the console, prefixed "workload: ", one line per
+// line (long ones cut, control characters escaped). It is not
 // restarted when it exits: its exit is logged, and the node stays up so
 // that its state can be inspected through the console.
 func startWorkload(b *boot) (string, error) {
@@ -46,10 +47,14 @@ func startWorkload(b *boot) (string, error) {
 		pr.Close()
 		return "", fmt.Errorf("workload: %w", err)
 	}
+	// CopyLines never stops reading while the workload holds the pipe,
+	// and never makes it wait on the console: a line of any length is cut
+	// into pieces, and what a slow console cannot take is dropped and
+	// counted (docs/boot.md). The handler escapes the text, so the
+	// workload cannot print a line of the init's.
 	b.goSafe("workload output", func() {
-		sc := bufio.NewScanner(pr)
-		for sc.Scan() {
-			b.log.Info("workload: " + sc.Text())
+		if err := bootlog.CopyLines(pr, bootlog.MaxLine, func(s string) { b.log.Info("workload: " + s) }); err != nil {
+			b.log.Warn("workload: reading its output: " + err.Error())
 		}
 		pr.Close()
 	})
