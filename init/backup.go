@@ -15,6 +15,7 @@ import (
 
 	"github.com/bulwarkvm/bulwark/internal/audit"
 	"github.com/bulwarkvm/bulwark/internal/backup"
+	"github.com/bulwarkvm/bulwark/internal/bootlog"
 	"github.com/bulwarkvm/bulwark/internal/config"
 	"github.com/bulwarkvm/bulwark/internal/mgmt"
 	"github.com/bulwarkvm/bulwark/internal/objstore"
@@ -261,21 +262,38 @@ func (r *backups) source(ctx context.Context, src config.BackupSource, o backup.
 }
 
 // command starts a command source as the workload's user; its standard
-// error goes to the console, its standard output into the backup. If the
-// backup stops early, closing the stream closes the pipe, and the command
-// ends on its next write.
+// output goes into the backup, its standard error to the console through
+// the init's log, prefixed "backup command: " and escaped like the
+// workload's output, so that it cannot print lines of the init's (it runs
+// as the workload's user and reads the workload's data). If the backup
+// stops early, closing the stream closes the pipe, and the command ends on
+// its next write.
 func (r *backups) command(argv []string) (io.ReadCloser, error) {
 	pr, pw, err := os.Pipe()
 	if err != nil {
 		return nil, err
 	}
-	w := r.b.cfg.Workload
-	p, err := proc.Start(proc.Spec{Argv: argv, UID: uint32(w.UID), GID: uint32(w.GID), Dir: "/", Stdout: pw, Stderr: os.Stdout})
-	pw.Close()
+	epr, epw, err := os.Pipe()
 	if err != nil {
 		pr.Close()
+		pw.Close()
 		return nil, err
 	}
+	w := r.b.cfg.Workload
+	p, err := proc.Start(proc.Spec{Argv: argv, UID: uint32(w.UID), GID: uint32(w.GID), Dir: "/", Stdout: pw, Stderr: epw})
+	pw.Close()
+	epw.Close()
+	if err != nil {
+		pr.Close()
+		epr.Close()
+		return nil, err
+	}
+	r.b.goSafe("backup command stderr", func() {
+		if err := bootlog.CopyLines(epr, bootlog.MaxLine, func(s string) { r.b.log.Info("backup command: " + s) }); err != nil {
+			r.b.log.Warn("backup command: reading its standard error: " + err.Error())
+		}
+		epr.Close()
+	})
 	return backup.Checked(pr, func() error {
 		<-p.Done()
 		if st := p.Status(); st.Signaled() || st.ExitStatus() != 0 {

@@ -121,9 +121,7 @@ func newBoot() *boot {
 	_ = unix.Reboot(unix.LINUX_REBOOT_CMD_CAD_OFF)
 	proc.StartReaper()
 	b.log.Info("starting", "pid", os.Getpid())
-	b.audit = audit.New(func(r audit.Record) {
-		b.log.Info("audit", "seq", r.Seq, "kind", r.Kind, "who", r.Who, "what", r.What, "result", r.Result)
-	})
+	b.audit = audit.New(auditEcho(b.log))
 	b.audit.Append(audit.KindBoot, "", "", "init started", "ok")
 	return b
 }

@@ -183,7 +183,7 @@ func TestManagement(t *testing.T) {
 	}
 	// The node records the refused handshake as it ends it; wait for the
 	// record on the console before fetching the log.
-	vm.MustWaitFor(`^bulwark: audit seq=\d+ kind=request who=10\.99\.0\.5:\d+ what="management TLS handshake" result="refused: no client certificate"$`, 10*time.Second)
+	vm.MustWaitFor(`^bulwark: audit seq=\d+ kind=request who=10\.99\.0\.5:\d+ what="management TLS handshake" result="refused: no client certificate" .*prev=[0-9a-f]{64} hash=[0-9a-f]{64}$`, 10*time.Second)
 
 	// The audit log: fetched, verified, and tampering detected.
 	logFile := filepath.Join(dir, "audit.log")

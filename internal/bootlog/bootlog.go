@@ -4,7 +4,13 @@
 // (/dev/kmsg) with its syslog priority, so that it survives in dmesg.
 //
 // The console format is a contract: "bulwark: ready", "bulwark: FATAL: ..."
-// and "bulwark: powered off cleanly" are read by tests outside the VM.
+// and "bulwark: powered off cleanly" are read by tests outside the VM, and
+// the audit records echoed there are the off-node copy of the audit log.
+// Messages and values often hold text the node does not control (the
+// workload's output, a peer's certificate subject, a request path), so the
+// handler escapes, in everything it prints, whatever could end a line, move
+// the cursor or change how text is shown: no text can make the console
+// show a line of its own that starts "bulwark: ".
 package bootlog
 
 import (
@@ -13,8 +19,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"strconv"
 	"strings"
 	"sync"
+	"unicode/utf8"
 )
 
 // Prefix starts every console line.
@@ -79,7 +87,7 @@ func (h *Handler) Handle(_ context.Context, r slog.Record) error {
 	case r.Level >= slog.LevelWarn:
 		line.WriteString("WARN: ")
 	}
-	line.WriteString(oneLine(r.Message))
+	line.WriteString(escape(r.Message))
 	write := func(a slog.Attr) bool {
 		a.Value = a.Value.Resolve()
 		if a.Equal(slog.Attr{}) {
@@ -89,11 +97,7 @@ func (h *Handler) Handle(_ context.Context, r slog.Record) error {
 		if h.group != "" {
 			key = h.group + "." + key
 		}
-		v := oneLine(a.Value.String())
-		if v == "" || strings.ContainsAny(v, " \"=") {
-			v = fmt.Sprintf("%q", v)
-		}
-		fmt.Fprintf(&line, " %s=%s", key, v)
+		fmt.Fprintf(&line, " %s=%s", escape(key), value(a.Value.String()))
 		return true
 	}
 	for _, a := range h.attrs {
@@ -127,13 +131,56 @@ func priority(l slog.Level) int {
 	return user | 7
 }
 
-// oneLine keeps a message on one console line: a newline inside a value
-// must not be able to forge a contract line such as "bulwark: ready".
-func oneLine(s string) string {
-	return strings.Map(func(r rune) rune {
-		if r == '\n' || r == '\r' {
-			return ' '
+// escape returns s with every rune that is neither printable nor the
+// ASCII space written as a Go escape ("\x1b", "\r", "\u2028", "\u202e"),
+// every byte that is not UTF-8 as "\xNN", and '\' doubled, so that the
+// console text maps back to exactly one original. What this catches is
+// everything strconv.IsPrint refuses: C0 controls (newline, carriage
+// return, backspace, ESC and so every ANSI sequence, tab), DEL, C1
+// controls (NEL, 8-bit CSI), the Unicode line and paragraph separators,
+// bidi embeddings, overrides and isolates (U+202A-202E, U+2066-2069) and
+// other format characters, spaces other than ' ', and unassigned or
+// private-use code points.
+func escape(s string) string {
+	if clean(s) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); {
+		r, size := utf8.DecodeRuneInString(s[i:])
+		switch {
+		case r == utf8.RuneError && size == 1:
+			fmt.Fprintf(&b, `\x%02x`, s[i])
+		case r == '\\':
+			b.WriteString(`\\`)
+		case r == ' ' || strconv.IsPrint(r):
+			b.WriteString(s[i : i+size])
+		default:
+			q := strconv.QuoteRuneToASCII(r)
+			b.WriteString(q[1 : len(q)-1])
 		}
-		return r
-	}, s)
+		i += size
+	}
+	return b.String()
+}
+
+// clean reports whether s needs no escaping.
+func clean(s string) bool {
+	for _, r := range s {
+		if r == utf8.RuneError || r == '\\' || r != ' ' && !strconv.IsPrint(r) {
+			return false
+		}
+	}
+	return true
+}
+
+// value is an attribute value as printed: bare when it is not empty and
+// holds nothing but printable runes other than space, '"', '=' and '\\';
+// otherwise Go-quoted (strconv.Quote escapes exactly what escape does), so
+// that strconv.Unquote gives a reader of the console the value back.
+func value(v string) string {
+	if v == "" || !clean(v) || strings.ContainsAny(v, " \"=") {
+		return strconv.Quote(v)
+	}
+	return v
 }
