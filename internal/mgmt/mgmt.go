@@ -1,7 +1,9 @@
 // Package mgmt is the node's management API: HTTPS with mutual TLS on the
 // management port, for management clients holding a certificate of the
-// project CA with a role. Every request, allowed or refused, and every
-// refused handshake goes into the audit log. It is the only control path
+// project CA with a role. Every request, allowed or refused, goes into the
+// audit log before anything is done for it, and its result after; a
+// request that cannot be recorded is refused. Refused handshakes are
+// recorded too, at a bounded rate per source. It is the only control path
 // into a node: there is no shell, no sshd and no console login. The API is
 // described in docs/management.md.
 package mgmt
@@ -89,6 +91,10 @@ type Server struct {
 	tls   *tls.Config
 	done  chan struct{}
 	once  sync.Once
+	// refused limits the records of refused handshakes; flushed is
+	// closed when the goroutine that writes their counts has ended.
+	refused *refusals
+	flushed chan struct{}
 }
 
 // Listen starts listening.
@@ -106,7 +112,8 @@ func Listen(o Options) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("mgmt: %w", err)
 	}
-	s := &Server{o: o, ln: ln, conns: make(chan net.Conn), done: make(chan struct{})}
+	s := &Server{o: o, ln: ln, conns: make(chan net.Conn), done: make(chan struct{}),
+		refused: newRefusals(o.now), flushed: make(chan struct{})}
 	s.tls = &tls.Config{
 		MinVersion:   tls.VersionTLS13,
 		Certificates: []tls.Certificate{o.Cert},
@@ -119,8 +126,9 @@ func Listen(o Options) (*Server, error) {
 		mux.HandleFunc(rt.method+" "+rt.path, s.guard(rt))
 	}
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		s.record(r, "404 no such call")
-		writeJSON(w, http.StatusNotFound, map[string]string{"error": "no such call: " + r.Method + " " + r.URL.Path})
+		if s.record(w, r, "404 no such call") {
+			writeJSON(w, http.StatusNotFound, map[string]string{"error": "no such call: " + r.Method + " " + r.URL.Path})
+		}
 	})
 	s.http = &http.Server{
 		Handler:           mux,
@@ -140,6 +148,7 @@ func (s *Server) Addr() net.Addr { return s.ln.Addr() }
 // the good ones to the HTTP server.
 func (s *Server) Serve() error {
 	go s.http.Serve(chanListener{s})
+	go s.flushRefusals()
 	for {
 		c, err := s.ln.Accept()
 		if err != nil {
@@ -160,12 +169,44 @@ func (s *Server) Serve() error {
 
 // Close stops the server.
 func (s *Server) Close() error {
-	s.once.Do(func() { close(s.done) })
+	first := false
+	s.once.Do(func() { close(s.done); first = true })
 	err := s.ln.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	s.http.Shutdown(ctx)
+	if first {
+		select {
+		case <-s.flushed:
+		case <-ctx.Done():
+		}
+	}
 	return err
+}
+
+// flushRefusals writes the counts of suppressed handshake refusals now
+// and then, and once more when the server closes.
+func (s *Server) flushRefusals() {
+	defer close(s.flushed)
+	t := time.NewTicker(refusalFlushEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+			s.writeCounts(s.refused.drain())
+		case <-s.done:
+			s.writeCounts(s.refused.drain())
+			return
+		}
+	}
+}
+
+func (s *Server) writeCounts(cs []count) {
+	for _, c := range cs {
+		if _, err := s.o.Audit.Append(audit.KindRequest, c.src, "", "management TLS handshake", c.result()); err != nil {
+			s.o.Log.Error("audit: the count of suppressed handshake refusals was not recorded", "source", c.src, "count", c.n, "err", err)
+		}
+	}
 }
 
 func (s *Server) handshake(c net.Conn) {
@@ -197,8 +238,17 @@ func (s *Server) handshake(c net.Conn) {
 		if strings.Contains(reason, "didn't provide a certificate") || strings.Contains(reason, "no client certificate") {
 			reason = "no client certificate"
 		}
-		s.o.Audit.Append(audit.KindRequest, who, serial, "management TLS handshake", "refused: "+reason)
+		// The connection is refused whether or not the record is written.
 		c.Close()
+		ok, suppressed := s.refused.allow(source(c.RemoteAddr()))
+		if suppressed != nil {
+			s.writeCounts([]count{*suppressed})
+		}
+		if ok {
+			if _, err := s.o.Audit.Append(audit.KindRequest, who, serial, "management TLS handshake", "refused: "+reason); err != nil {
+				s.o.Log.Error("audit: a refused management handshake was not recorded", "who", who, "err", err)
+			}
+		}
 		return
 	}
 	select {
@@ -230,68 +280,158 @@ func caller(r *http.Request) (*x509.Certificate, string) {
 	return c, pki.Role(c)
 }
 
-// record audits one request with its result.
-func (s *Server) record(r *http.Request, result string) {
+// callerName names the caller of r for its audit record, with the
+// certificate's serial.
+func callerName(r *http.Request) (string, string) {
 	c, role := caller(r)
-	who, serial := r.RemoteAddr, ""
-	if c != nil {
-		who, serial = c.Subject.String()+" ("+role+") from "+r.RemoteAddr, pki.SerialHex(c)
+	if c == nil {
+		return r.RemoteAddr, ""
 	}
-	s.o.Audit.Append(audit.KindRequest, who, serial, r.Method+" "+r.URL.Path+detail(r), result)
+	return c.Subject.String() + " (" + role + ") from " + r.RemoteAddr, pki.SerialHex(c)
 }
 
-// detail adds what a changing request asked for to its audit record.
-func detail(r *http.Request) string {
-	if v, ok := r.Context().Value(detailKey{}).(string); ok && v != "" {
-		return " " + v
+// what names the call, with what a changing request asks for (note).
+func what(r *http.Request, note string) string {
+	if note != "" {
+		return r.Method + " " + r.URL.Path + " " + note
 	}
-	return ""
+	return r.Method + " " + r.URL.Path
 }
 
-type detailKey struct{}
+// record audits a request refused before anything was done for it, as
+// one record with its result. When the record cannot be written it
+// answers 503 itself and returns false.
+func (s *Server) record(w http.ResponseWriter, r *http.Request, result string) bool {
+	who, serial := callerName(r)
+	if _, err := s.o.Audit.Append(audit.KindRequest, who, serial, what(r, ""), result); err != nil {
+		s.unaudited(w, err, "")
+		return false
+	}
+	return true
+}
 
+// unaudited answers a request whose audit record could not be written:
+// the API fails closed. ran is the result of an action that did run (its
+// "started" record is in the log), empty when nothing was done.
+func (s *Server) unaudited(w http.ResponseWriter, err error, ran string) {
+	msg := fmt.Sprintf("the audit log cannot record this request (%v): it was not carried out", err)
+	if ran != "" {
+		msg = fmt.Sprintf("the audit log cannot record this request's result (%v): it ran (%s), and its answer is withheld", err, ran)
+	}
+	s.o.Log.Error("mgmt: " + msg)
+	writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": msg})
+}
+
+// result is the audit record's result for an answer.
+func result(code int, body any) string {
+	if e, ok := body.(map[string]string); ok && e["error"] != "" {
+		return fmt.Sprintf("%d %s", code, e["error"])
+	}
+	return fmt.Sprintf("%d ok", code)
+}
+
+// guard runs one call: the role check, the input, then the action between
+// a "started" record (who asked for what) and one with its result. Only
+// when the first is written does the action run; only when the second is
+// written does the caller get the answer.
 func (s *Server) guard(rt route) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		_, role := caller(r)
 		if !slices.Contains(rt.roles, role) {
-			s.record(r, fmt.Sprintf("403 refused: role %q may not do this", role))
-			writeJSON(w, http.StatusForbidden, map[string]string{"error": fmt.Sprintf("role %q may not %s %s", role, rt.method, rt.path)})
+			if s.record(w, r, fmt.Sprintf("403 refused: role %q may not do this", role)) {
+				writeJSON(w, http.StatusForbidden, map[string]string{"error": fmt.Sprintf("role %q may not %s %s", role, rt.method, rt.path)})
+			}
 			return
 		}
-		code, body, note := s.serve(rt, r)
-		if note != "" {
-			r = r.WithContext(context.WithValue(r.Context(), detailKey{}, note))
+		c, code, body := s.prepare(rt, r)
+		if c == nil {
+			// Bad input: refused, and nothing was done.
+			if s.record(w, r, result(code, body)) {
+				writeJSON(w, code, body)
+			}
+			return
 		}
-		result := fmt.Sprintf("%d", code)
-		if e, ok := body.(map[string]string); ok && e["error"] != "" {
-			result += " " + e["error"]
-		} else {
-			result += " ok"
+		who, serial := callerName(r)
+		started, err := s.o.Audit.Start(audit.KindRequest, who, serial, what(r, c.note))
+		if err != nil {
+			s.unaudited(w, err, "")
+			return
 		}
-		s.record(r, result)
-		if snap, ok := body.(auditSnapshot); ok {
-			// The head is the snapshot's, not the log's now: this very
-			// request has been recorded after it.
-			w.Header().Set("X-Bulwark-Audit-Head", snap.head)
-			w.Header().Set("X-Bulwark-Audit-Records", fmt.Sprint(snap.n))
-			w.Header().Set("Content-Type", "application/x-ndjson")
+		ended := false
+		defer func() {
+			if ended {
+				return
+			}
+			// The action panicked: its end goes into the log, then
+			// net/http handles the panic as before (it ends the
+			// connection).
+			v := recover()
+			if v == nil {
+				return
+			}
+			if _, err := s.o.Audit.Finish(started, fmt.Sprintf("500 panic: %.200v", v)); err != nil {
+				s.o.Log.Error("audit: a panicking request's end was not recorded", "err", err)
+			}
+			panic(v)
+		}()
+		code, body, then := c.run()
+		ended = true
+		if v, ok := body.(*audit.View); ok {
+			defer v.Close()
+		}
+		res := result(code, body)
+		if _, err := s.o.Audit.Finish(started, res); err != nil {
+			s.unaudited(w, err, res)
+			return
+		}
+		if then != nil {
+			then()
+		}
+		if v, ok := body.(*audit.View); ok {
+			// The copy ends with this request's started record: its
+			// result was written after the copy was taken. Start says
+			// where the copy begins (not at genesis when the node has no
+			// audit file and its memory dropped the oldest records).
+			h := w.Header()
+			h.Set("X-Bulwark-Audit-Head", v.Head)
+			h.Set("X-Bulwark-Audit-Records", fmt.Sprint(v.Seq+1-v.Start.Seq))
+			h.Set("X-Bulwark-Audit-Start", fmt.Sprint(v.Start.Seq))
+			h.Set("X-Bulwark-Audit-Start-Prev", v.Start.Prev)
+			h.Set("Content-Type", "application/x-ndjson")
+			h.Set("Content-Length", fmt.Sprint(v.Size))
 			w.WriteHeader(code)
-			w.Write(snap.b)
+			if _, err := io.Copy(w, v); err != nil {
+				s.o.Log.Warn("mgmt: sending the audit log", "err", err)
+			}
 			return
 		}
 		writeJSON(w, code, body)
 	}
 }
 
-// serve runs one allowed call: status code, body, and a note for the
-// audit record.
-func (s *Server) serve(rt route, r *http.Request) (int, any, string) {
-	fail := func(code int, err error) (int, any, string) {
-		return code, map[string]string{"error": err.Error()}, ""
+// call is an allowed request whose input has been read and checked, not
+// yet acted on: note says what it asks for (for its audit records), run
+// does it. then, when run returns one, runs once the result is recorded.
+type call struct {
+	note string
+	run  func() (code int, body any, then func())
+}
+
+// prepare reads and checks an allowed call's input. Bad input gets its
+// answer (code and body) and no call.
+func (s *Server) prepare(rt route, r *http.Request) (*call, int, any) {
+	bad := func(err error) (*call, int, any) {
+		return nil, 400, map[string]string{"error": err.Error()}
+	}
+	fail := func(code int, err error) (int, any, func()) {
+		return code, map[string]string{"error": err.Error()}, nil
+	}
+	do := func(note string, run func() (int, any, func())) (*call, int, any) {
+		return &call{note: note, run: run}, 0, nil
 	}
 	switch rt.method + " " + rt.path {
 	case "GET /v1/status":
-		return 200, s.o.Node.Status(), ""
+		return do("", func() (int, any, func()) { return 200, s.o.Node.Status(), nil })
 	case "POST /v1/attest":
 		var req struct {
 			Nonce string `json:"nonce"`
@@ -299,22 +439,26 @@ func (s *Server) serve(rt route, r *http.Request) (int, any, string) {
 		dec := json.NewDecoder(io.LimitReader(r.Body, 4096))
 		dec.DisallowUnknownFields()
 		if err := dec.Decode(&req); err != nil {
-			return fail(400, fmt.Errorf("body: %w", err))
+			return bad(fmt.Errorf("body: %w", err))
 		}
 		nonce, err := hex.DecodeString(req.Nonce)
 		if err != nil || len(nonce) < 16 || len(nonce) > 64 {
-			return fail(400, errors.New("nonce: give 16 to 64 bytes as hex"))
+			return bad(errors.New("nonce: give 16 to 64 bytes as hex"))
 		}
-		q, err := s.o.Node.Attest(nonce)
-		if errors.Is(err, ErrNotAvailable) {
-			return fail(501, err)
-		}
-		if err != nil {
-			return fail(500, err)
-		}
-		return 200, q, ""
+		return do("", func() (int, any, func()) {
+			q, err := s.o.Node.Attest(nonce)
+			if errors.Is(err, ErrNotAvailable) {
+				return fail(501, err)
+			}
+			if err != nil {
+				return fail(500, err)
+			}
+			return 200, q, nil
+		})
 	case "GET /v1/allowlist":
-		return 200, map[string][]string{"clients": s.o.Node.Allowlist()}, ""
+		return do("", func() (int, any, func()) {
+			return 200, map[string][]string{"clients": s.o.Node.Allowlist()}, nil
+		})
 	case "PUT /v1/allowlist":
 		var req struct {
 			Clients []string `json:"clients"`
@@ -322,38 +466,47 @@ func (s *Server) serve(rt route, r *http.Request) (int, any, string) {
 		dec := json.NewDecoder(io.LimitReader(r.Body, 8<<20))
 		dec.DisallowUnknownFields()
 		if err := dec.Decode(&req); err != nil {
-			return fail(400, fmt.Errorf("request body: %w", err))
+			return bad(fmt.Errorf("request body: %w", err))
 		}
 		if req.Clients == nil {
-			return fail(400, errors.New(`request body: "clients" is required (an empty list admits no client)`))
+			return bad(errors.New(`request body: "clients" is required (an empty list admits no client)`))
 		}
-		note := summarise(req.Clients)
-		warning, err := s.o.Node.SetAllowlist(req.Clients)
-		if err != nil {
-			code, body, _ := fail(400, err)
-			return code, body, note
-		}
-		out := map[string]any{"clients": s.o.Node.Allowlist()}
-		if warning != "" {
-			out["warning"] = warning
-		}
-		return 200, out, note
-	case "GET /v1/audit":
-		b, head, n := s.o.Audit.Snapshot()
-		return 200, auditSnapshot{b, head, n}, ""
-	case "POST /v1/backup":
-		if err := s.o.Node.Backup(); err != nil {
-			if errors.Is(err, ErrBusy) {
-				return fail(409, err)
+		return do(summarise(req.Clients), func() (int, any, func()) {
+			warning, err := s.o.Node.SetAllowlist(req.Clients)
+			if err != nil {
+				return fail(400, err)
 			}
-			return fail(501, err)
-		}
-		return 202, map[string]string{"result": "backup started"}, ""
+			out := map[string]any{"clients": s.o.Node.Allowlist()}
+			if warning != "" {
+				out["warning"] = warning
+			}
+			return 200, out, nil
+		})
+	case "GET /v1/audit":
+		return do("", func() (int, any, func()) {
+			v, err := s.o.Audit.Snapshot()
+			if err != nil {
+				return fail(500, err)
+			}
+			return 200, v, nil
+		})
+	case "POST /v1/backup":
+		return do("", func() (int, any, func()) {
+			if err := s.o.Node.Backup(); err != nil {
+				if errors.Is(err, ErrBusy) {
+					return fail(409, err)
+				}
+				return fail(501, err)
+			}
+			return 202, map[string]string{"result": "backup started"}, nil
+		})
 	case "POST /v1/ipsec/rekey":
-		if err := s.o.Node.Rekey(); err != nil {
-			return fail(501, err)
-		}
-		return 202, map[string]string{"result": "rekey started"}, ""
+		return do("", func() (int, any, func()) {
+			if err := s.o.Node.Rekey(); err != nil {
+				return fail(501, err)
+			}
+			return 202, map[string]string{"result": "rekey started"}, nil
+		})
 	case "POST /v1/shutdown":
 		var req struct {
 			Wipe bool `json:"wipe"`
@@ -361,24 +514,21 @@ func (s *Server) serve(rt route, r *http.Request) (int, any, string) {
 		dec := json.NewDecoder(io.LimitReader(r.Body, 4096))
 		dec.DisallowUnknownFields()
 		if err := dec.Decode(&req); err != nil || !req.Wipe {
-			return fail(400, errors.New(`send {"wipe": true}: a node only ever shuts down by wiping its volumes`))
+			return bad(errors.New(`send {"wipe": true}: a node only ever shuts down by wiping its volumes`))
 		}
 		c, _ := caller(r)
-		go func() {
-			// Let the answer reach the caller first.
-			time.Sleep(200 * time.Millisecond)
-			s.o.Node.Shutdown("management API, by " + c.Subject.String())
-		}()
-		return 202, map[string]string{"result": "shutting down; the volumes will be crypto-erased"}, ""
+		return do("", func() (int, any, func()) {
+			// The shutdown starts only once its result is recorded, and
+			// a moment later, so that the answer reaches the caller.
+			return 202, map[string]string{"result": "shutting down; the volumes will be crypto-erased"}, func() {
+				go func() {
+					time.Sleep(200 * time.Millisecond)
+					s.o.Node.Shutdown("management API, by " + c.Subject.String())
+				}()
+			}
+		})
 	}
-	return fail(404, errors.New("no such call"))
-}
-
-// auditSnapshot is the log as served, with its head.
-type auditSnapshot struct {
-	b    []byte
-	head string
-	n    uint64
+	return nil, 404, map[string]string{"error": "no such call"}
 }
 
 func summarise(entries []string) string {

@@ -23,6 +23,7 @@ type fakeNode struct {
 	mu       sync.Mutex
 	clients  []string
 	shutdown string
+	backup   func() error // nil: backups are not available
 }
 
 func (n *fakeNode) Status() any { return map[string]string{"state": "ready"} }
@@ -45,8 +46,13 @@ func (n *fakeNode) SetAllowlist(e []string) (string, error) {
 	}
 	return "", nil
 }
-func (n *fakeNode) Backup() error { return ErrNotAvailable }
-func (n *fakeNode) Rekey() error  { return ErrNotAvailable }
+func (n *fakeNode) Backup() error {
+	if n.backup != nil {
+		return n.backup()
+	}
+	return ErrNotAvailable
+}
+func (n *fakeNode) Rekey() error { return ErrNotAvailable }
 func (n *fakeNode) Attest(nonce []byte) (any, error) {
 	return nil, ErrNotAvailable
 }
@@ -162,8 +168,11 @@ func TestAccessControlAndAudit(t *testing.T) {
 		t.Fatalf("shutdown: %d %v", code, err)
 	}
 	time.Sleep(400 * time.Millisecond)
-	if !strings.Contains(e.node.shutdown, "CN=robot") {
-		t.Fatalf("shutdown reason %q", e.node.shutdown)
+	e.node.mu.Lock()
+	reason := e.node.shutdown
+	e.node.mu.Unlock()
+	if !strings.Contains(reason, "CN=robot") {
+		t.Fatalf("shutdown reason %q", reason)
 	}
 
 	// The audit log has every call and refusal, and verifies.
