@@ -47,6 +47,7 @@ backups (offline, with the service's keys; S3 credentials from AWS_ACCESS_KEY_ID
 
 offline:
   audit verify FILE [--head HASH]    check an audit log's hash chain
+    [--start N [--anchor HASH]]      one that begins at record N (the node kept only its latest records)
   config check FILE                  validate a node config exactly as the node will
   image build [flags]                build the node image into out/
 `

@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -240,13 +241,30 @@ func auditFetch(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	head := h.Get("X-Bulwark-Audit-Head")
-	n, _, verr := audit.Verify(bytes.NewReader(b), head)
+	// A node without an audit file keeps only its latest records: the
+	// copy then begins later than genesis, and says where.
+	from := audit.FromGenesis
+	if v := h.Get("X-Bulwark-Audit-Start"); v != "" && v != "1" {
+		seq, err := strconv.ParseUint(v, 10, 64)
+		if err != nil || seq == 0 {
+			return fmt.Errorf("the node sent a bad X-Bulwark-Audit-Start %q", v)
+		}
+		from = audit.Anchor{Seq: seq, Prev: h.Get("X-Bulwark-Audit-Start-Prev")}
+		if len(from.Prev) != 64 {
+			return fmt.Errorf("the node sent a bad X-Bulwark-Audit-Start-Prev %q", from.Prev)
+		}
+	}
+	n, _, verr := audit.VerifyFrom(bytes.NewReader(b), from, head)
 	if *out == "" {
 		stdout.Write(b)
 	} else if err := os.WriteFile(*out, b, 0o600); err != nil {
 		return err
 	}
 	fmt.Fprintf(stderr, "audit log: %d records, head %s\n", n, head)
+	if from.Seq > 1 {
+		fmt.Fprintf(stderr, "warning: this copy begins at record %d: the node has no audit file and keeps only its latest records in memory, so records 1 to %d are gone.\n"+
+			"  verify it with: bulwarkctl audit verify FILE --start %d --anchor %s\n", from.Seq, from.Seq-1, from.Seq, from.Prev)
+	}
 	if verr != nil {
 		return fmt.Errorf("the fetched log does not verify: %w", verr)
 	}
@@ -256,6 +274,8 @@ func auditFetch(args []string, stdout, stderr io.Writer) error {
 func auditVerify(args []string, stdout io.Writer) error {
 	fs := newFlags("audit verify")
 	head := fs.String("head", "", "")
+	start := fs.Uint64("start", 1, "")
+	anchor := fs.String("anchor", "", "")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -267,11 +287,31 @@ func auditVerify(args []string, stdout io.Writer) error {
 		return err
 	}
 	defer f.Close()
-	n, h, err := audit.Verify(f, *head)
+	// --start/--anchor: a copy that begins after genesis (one fetched
+	// from a node that keeps its log in memory only).
+	from := audit.FromGenesis
+	switch {
+	case *start == 0:
+		return usageError{"audit verify: --start counts from 1"}
+	case *anchor != "" && len(*anchor) != 64:
+		return usageError{"audit verify: --anchor is the 64 hex digits of the hash of the record before --start"}
+	case *start == 1 && *anchor != "" && *anchor != audit.Genesis:
+		return usageError{"audit verify: the record before record 1 is genesis (64 zeros); give --start with --anchor"}
+	case *start > 1:
+		from = audit.Anchor{Seq: *start, Prev: *anchor}
+	}
+	n, h, err := audit.VerifyFrom(f, from, *head)
 	if err != nil {
 		return fmt.Errorf("%s: %w", fs.Arg(0), err)
 	}
-	fmt.Fprintf(stdout, "%s: %d records, chain intact, head %s\n", fs.Arg(0), n, h)
+	switch {
+	case from.Seq == 1:
+		fmt.Fprintf(stdout, "%s: %d records, chain intact, head %s\n", fs.Arg(0), n, h)
+	case from.Prev == "":
+		fmt.Fprintf(stdout, "%s: %d records from seq %d, chain intact from there (its link to record %d is not checked: no --anchor), head %s\n", fs.Arg(0), n, from.Seq, from.Seq-1, h)
+	default:
+		fmt.Fprintf(stdout, "%s: %d records from seq %d, chain intact from the anchor, head %s\n", fs.Arg(0), n, from.Seq, h)
+	}
 	return nil
 }
 
