@@ -203,9 +203,24 @@ type Egress struct {
 	// DNS and NTP servers (UDP and TCP 53; UDP 123).
 	DNS []string `json:"dns,omitempty"`
 	NTP []string `json:"ntp,omitempty"`
-	// Metadata is the cloud metadata service (TCP 80). Left out it is
-	// 169.254.169.254; an explicit empty list closes it.
-	Metadata *[]string `json:"metadata,omitempty"`
+	// Metadata opens the cloud metadata service to one local user. Left
+	// out, no process on the node reaches it.
+	Metadata *Metadata `json:"metadata,omitempty"`
+}
+
+// Metadata is the cloud metadata service (instance identity, role
+// credentials): an address and TCP port that only the sockets of one uid
+// may connect to. It hands out the instance's credentials to whoever
+// asks, so it is closed unless a config names the one user that needs it.
+type Metadata struct {
+	// Address is the service's IP address, such as 169.254.169.254 or
+	// fd00:ec2::254; a single address, not a prefix.
+	Address string `json:"address"`
+	// Port is its TCP port (80 at the major clouds).
+	Port int `json:"port"`
+	// UID is the only user whose connections may go there (0 to 65534;
+	// 0 is the init itself and every root process).
+	UID *int `json:"uid"`
 }
 
 // Endpoint is a destination network or address and a TCP port.

@@ -68,8 +68,58 @@ func (c *Config) Validate() error {
 			return err
 		}
 	}
+	if err := c.checkMetadataAlone(); err != nil {
+		return err
+	}
 	if c.Backup != nil {
 		return c.validateBackup()
+	}
+	return nil
+}
+
+// checkMetadataAlone refuses a metadata opening that another opening
+// would widen: outbound connections to peers (any port), to a backup
+// endpoint or to a DNS server are allowed for every process, so the
+// metadata address there would not be limited to its uid.
+func (c *Config) checkMetadataAlone() error {
+	m := c.Firewall.MetadataEgress()
+	if m == nil {
+		return nil
+	}
+	a, err := netip.ParseAddr(m.Address)
+	if err != nil {
+		return nil // refused with its own message by Firewall.validate
+	}
+	in := func(entry string) bool {
+		p, err := cidr.ParseEntry(entry)
+		return err == nil && p.Contains(a)
+	}
+	var other string
+	f := c.Firewall
+	for i, e := range f.Peers {
+		if in(e) {
+			other = fmt.Sprintf("firewall.peers[%d]", i)
+		}
+	}
+	if c.IPsec != nil {
+		for i, p := range c.IPsec.Peers {
+			if in(p.Address) {
+				other = fmt.Sprintf("ipsec.peers[%d].address", i)
+			}
+		}
+	}
+	for i, e := range f.Egress.Backup {
+		if e.Port == m.Port && in(e.Address) {
+			other = fmt.Sprintf("firewall.egress.backup[%d]", i)
+		}
+	}
+	for i, e := range f.Egress.DNS {
+		if m.Port == 53 && in(e) {
+			other = fmt.Sprintf("firewall.egress.dns[%d]", i)
+		}
+	}
+	if other != "" {
+		return fmt.Errorf("firewall.egress.metadata: %s port %d is also open to every process through %s; the metadata service must be reachable by firewall.egress.metadata.uid alone", a, m.Port, other)
 	}
 	return nil
 }
@@ -378,7 +428,6 @@ const (
 	DefaultClientPort     = 5432
 	DefaultKeyingPort     = 7443
 	DefaultManagementPort = 9443
-	DefaultMetadata       = "169.254.169.254"
 )
 
 func (f *Firewall) validate() error {
@@ -428,12 +477,6 @@ func (f *Firewall) validate() error {
 			entries []string
 		}{"firewall.clients", *f.Clients})
 	}
-	if f.Egress.Metadata != nil {
-		lists = append(lists, struct {
-			path    string
-			entries []string
-		}{"firewall.egress.metadata", *f.Egress.Metadata})
-	}
 	for _, l := range lists {
 		if _, err := cidr.ParseList(l.entries); err != nil {
 			return fmt.Errorf("%s%w", l.path, err)
@@ -454,10 +497,46 @@ func (f *Firewall) validate() error {
 			return fmt.Errorf("%s.port: %d is not a TCP port (1 to 65535)", path, e.Port)
 		}
 	}
+	if m := f.Egress.Metadata; m != nil {
+		if err := m.validate(); err != nil {
+			return err
+		}
+	}
 	switch f.Blocked {
 	case "", "reject", "drop":
 	default:
 		return fmt.Errorf("firewall.blocked: %q; use \"reject\" or \"drop\"", f.Blocked)
+	}
+	return nil
+}
+
+// validate checks the metadata opening: all three fields given, one
+// address a host could connect to, a TCP port, a uid in the range the
+// node's users have.
+func (m *Metadata) validate() error {
+	const at = "firewall.egress.metadata"
+	a, err := netip.ParseAddr(m.Address)
+	switch {
+	case m.Address == "":
+		return fmt.Errorf("%s.address: is required (the metadata service's IP address, such as 169.254.169.254)", at)
+	case err != nil:
+		return fmt.Errorf("%s.address: %q is not an IP address (a single address, not a prefix)", at, m.Address)
+	case a.Zone() != "" || a.Is4In6():
+		return fmt.Errorf("%s.address: %q: zones and IPv4-mapped IPv6 addresses are not allowed", at, m.Address)
+	case a.IsUnspecified() || a.IsMulticast() || a.IsLoopback():
+		return fmt.Errorf("%s.address: %s is not a unicast address of another host", at, a)
+	}
+	if m.Port == 0 {
+		return fmt.Errorf("%s.port: is required (the metadata service's TCP port, 80 at the major clouds)", at)
+	}
+	if m.Port < 1 || m.Port > 65535 {
+		return fmt.Errorf("%s.port: %d is not a TCP port (1 to 65535)", at, m.Port)
+	}
+	if m.UID == nil {
+		return fmt.Errorf("%s.uid: is required: the one local user whose connections may reach the metadata service", at)
+	}
+	if *m.UID < 0 || *m.UID > 65534 {
+		return fmt.Errorf("%s.uid: %d is out of range (0 to 65534)", at, *m.UID)
 	}
 	return nil
 }
@@ -747,10 +826,11 @@ func (f *Firewall) EffectiveClients() []string {
 	return *f.Clients
 }
 
-// EffectiveMetadata is the metadata address list with the default applied.
-func (f *Firewall) EffectiveMetadata() []string {
-	if f == nil || f.Egress.Metadata == nil {
-		return []string{DefaultMetadata}
+// MetadataEgress is the metadata opening, or nil when the metadata
+// service is closed (the default).
+func (f *Firewall) MetadataEgress() *Metadata {
+	if f == nil {
+		return nil
 	}
-	return *f.Egress.Metadata
+	return f.Egress.Metadata
 }

@@ -30,12 +30,16 @@ type Policy struct {
 }
 
 // Destination is an allowed outbound destination: a range of addresses,
-// a transport protocol and a port.
+// a transport protocol and a port, and optionally the one local user
+// whose sockets may connect there.
 type Destination struct {
 	What  string // "backup", "dns", "ntp", "metadata"
 	Range cidr.Range
 	Proto string // "tcp" or "udp"
 	Port  uint16
+	// UID, when set, limits the destination to sockets owned by that uid
+	// (nftables meta skuid); nil admits every local process.
+	UID *uint32
 }
 
 // VPCMode reports whether clients are limited to the VPC networks.
@@ -84,7 +88,7 @@ func FromConfig(c *config.Config) (*Policy, error) {
 		if err != nil {
 			return nil, fmt.Errorf("firewall: firewall.egress.backup[%d].address: %w", i, err)
 		}
-		p.Egress = append(p.Egress, Destination{"backup", prefixRange(pr), "tcp", uint16(e.Port)})
+		p.Egress = append(p.Egress, Destination{What: "backup", Range: prefixRange(pr), Proto: "tcp", Port: uint16(e.Port)})
 	}
 	for _, d := range []struct {
 		what    string
@@ -93,7 +97,6 @@ func FromConfig(c *config.Config) (*Policy, error) {
 	}{
 		{"dns", f.Egress.DNS, []Destination{{Proto: "udp", Port: 53}, {Proto: "tcp", Port: 53}}},
 		{"ntp", f.Egress.NTP, []Destination{{Proto: "udp", Port: 123}}},
-		{"metadata", f.EffectiveMetadata(), []Destination{{Proto: "tcp", Port: 80}}},
 	} {
 		for i, e := range d.entries {
 			pr, err := cidr.ParseEntry(e)
@@ -101,14 +104,42 @@ func FromConfig(c *config.Config) (*Policy, error) {
 				return nil, fmt.Errorf("firewall: firewall.egress.%s[%d]: %w", d.what, i, err)
 			}
 			for _, port := range d.ports {
-				p.Egress = append(p.Egress, Destination{d.what, prefixRange(pr), port.Proto, port.Port})
+				p.Egress = append(p.Egress, Destination{What: d.what, Range: prefixRange(pr), Proto: port.Proto, Port: port.Port})
 			}
 		}
+	}
+	// The metadata service hands the instance's credentials to any
+	// process that can connect, so it is open only when the config asks,
+	// and then only to the one uid it names.
+	if m := f.MetadataEgress(); m != nil {
+		d, err := metadataDestination(m)
+		if err != nil {
+			return nil, err
+		}
+		p.Egress = append(p.Egress, d)
 	}
 	for _, ifc := range c.Network.Interfaces {
 		p.DHCP4 = p.DHCP4 || ifc.DHCP4
 	}
 	return p, nil
+}
+
+// metadataDestination checks the metadata opening again (a Policy may
+// be built from a config that was never validated) and resolves it.
+func metadataDestination(m *config.Metadata) (Destination, error) {
+	const at = "firewall: firewall.egress.metadata"
+	a, err := netip.ParseAddr(m.Address)
+	if err != nil || a.Zone() != "" || a.Is4In6() || a.IsUnspecified() || a.IsMulticast() || a.IsLoopback() {
+		return Destination{}, fmt.Errorf("%s.address: %q is not a unicast IP address", at, m.Address)
+	}
+	if m.Port < 1 || m.Port > 65535 {
+		return Destination{}, fmt.Errorf("%s.port: %d is not a TCP port (1 to 65535)", at, m.Port)
+	}
+	if m.UID == nil || *m.UID < 0 || *m.UID > 65534 {
+		return Destination{}, fmt.Errorf("%s.uid: give the one uid (0 to 65534) that may reach the metadata service", at)
+	}
+	uid := uint32(*m.UID)
+	return Destination{What: "metadata", Range: cidr.Range{From: a, To: a}, Proto: "tcp", Port: uint16(m.Port), UID: &uid}, nil
 }
 
 func checkVPC(vpc cidr.List) error {
@@ -160,7 +191,11 @@ func (p *Policy) Summary() []string {
 	}
 	var egress []string
 	for _, d := range p.Egress {
-		egress = append(egress, fmt.Sprintf("%s %s %s/%d", d.What, d.Range, d.Proto, d.Port))
+		line := fmt.Sprintf("%s %s %s/%d", d.What, d.Range, d.Proto, d.Port)
+		if d.UID != nil {
+			line += fmt.Sprintf(" uid %d only", *d.UID)
+		}
+		egress = append(egress, line)
 	}
 	if len(egress) == 0 {
 		egress = []string{"none"}

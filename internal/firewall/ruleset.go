@@ -323,9 +323,24 @@ func (b *builder) outputRules() {
 		if d.Proto == "udp" {
 			proto = unix.IPPROTO_UDP
 		}
-		b.rule(out, nfproto(f), addrRange(f, f.daddr, d.Range), l4proto(proto), port(2, d.Port), v(accept))
+		b.rule(out, nfproto(f), addrRange(f, f.daddr, d.Range), l4proto(proto), port(2, d.Port), b.owner(d), v(accept))
 	}
 	b.refuse(out)
+}
+
+// owner matches the socket's owner when d is limited to one uid: meta
+// skuid is the fsuid of the process that opened the socket. A packet
+// with no full socket behind it (one sent from TIME_WAIT, say) matches no
+// uid, so it is refused; the rule admits the user's new connections, and
+// their later packets pass as established.
+func (b *builder) owner(d Destination) []expr.Any {
+	if d.UID == nil {
+		return nil
+	}
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeySKUID, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: le32(*d.UID)},
+	}
 }
 
 // refuse ends a chain: count, then reject (TCP reset for TCP, ICMP
