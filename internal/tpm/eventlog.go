@@ -14,7 +14,7 @@ const PCR = 15
 
 // Event kinds.
 const (
-	EventConfig   = "config"           // the config document, as read
+	EventConfig   = "config"           // the config's canonical redacted form (config.Config.Redacted)
 	EventFirewall = "firewall-ruleset" // the ruleset, as read back from the kernel
 	EventLUKS2    = "luks2-header"     // one volume's LUKS2 header area, as written
 )
