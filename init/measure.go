@@ -9,8 +9,8 @@ import (
 )
 
 // measure extends PCR 15 with what the node's security rests on, before
-// any service (the workload included) starts: the config document as
-// read, the firewall ruleset as read back from the kernel, and each LUKS2
+// any service (the workload included) starts: the config in its redacted
+// form, the firewall ruleset as read back from the kernel, and each LUKS2
 // header as written; then it makes the attestation key that quotes them
 // (docs/attestation.md). Without a TPM there is nothing to measure into.
 func measure(b *boot) (string, error) {
@@ -28,7 +28,18 @@ func measure(b *boot) (string, error) {
 		degraded = fmt.Sprintf("PCR %d was %x before the init measured anything: quotes will not replay from the event log", tpm.PCR, before)
 		b.log.Warn(degraded)
 	}
-	events := []tpm.Event{{Kind: tpm.EventConfig, Name: b.cfgSource.String(), SHA256: b.cfgDigest}}
+	// The config goes in as its canonical redacted form, each secret
+	// replaced by a commitment, so that an auditor checks the quote
+	// without holding the node's TLS key or S3 credentials. It is made
+	// from the config as parsed and validated (nothing changes b.cfg
+	// after readConfig), which is the same value whoever holds the full
+	// document decodes from it.
+	redacted, err := b.cfg.Redacted()
+	if err != nil {
+		return "", err
+	}
+	events := []tpm.Event{tpm.NewEvent(tpm.EventConfig, b.cfgSource.String(), redacted)}
+	b.log.Info("config measured in its redacted form sha256:" + events[0].SHA256)
 	rules, err := b.fw.Ruleset()
 	if err != nil {
 		return "", err
