@@ -2,7 +2,6 @@ package main
 
 import (
 	"crypto/rand"
-	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -10,6 +9,7 @@ import (
 	"io"
 	"os"
 
+	"github.com/bulwarkvm/bulwark/internal/config"
 	"github.com/bulwarkvm/bulwark/internal/tpm"
 )
 
@@ -28,7 +28,7 @@ func attestCommand(args []string, stdout io.Writer) error {
 	}
 	fs := newFlags("attest")
 	nf := addNodeFlags(fs)
-	cfg := fs.String("config", "", "the config file the node should have booted with")
+	cfg := fs.String("config", "", "the config the node should have booted with: the full file or its redacted form")
 	pin := fs.String("ak", "", "the node's attestation key fingerprint (sha256 hex) to require")
 	save := fs.String("save", "", "write the nonce and the node's answer to this file")
 	c, err := connect(fs, nf, args)
@@ -57,7 +57,7 @@ func attestCommand(args []string, stdout io.Writer) error {
 
 func attestVerifyFile(args []string, stdout io.Writer) error {
 	fs := newFlags("attest verify")
-	cfg := fs.String("config", "", "the config file the node should have booted with")
+	cfg := fs.String("config", "", "the config the node should have booted with: the full file or its redacted form")
 	pin := fs.String("ak", "", "the attestation key fingerprint to require")
 	nonce := fs.String("nonce", "", "the nonce the answer must be for (default: the one saved with it)")
 	if err := parse(fs, args); err != nil {
@@ -111,19 +111,27 @@ func checkAttestation(rec attestRecord, cfgFile, pin string, stdout io.Writer) e
 		fmt.Fprintln(stdout, "note no --config given: the config digest was not compared")
 		return nil
 	}
-	b, err := os.ReadFile(cfgFile)
+	doc, err := os.ReadFile(cfgFile)
 	if err != nil {
 		return err
 	}
-	sum := sha256.Sum256(b)
-	want := hex.EncodeToString(sum[:])
+	// The node measured the config's canonical redacted form; the file may
+	// be the full config (whose secrets are then committed to here, as the
+	// node did) or that redacted form.
+	canon, err := config.Canonical(doc)
+	clear(doc) // it may hold the node's secrets
+	if err != nil {
+		fmt.Fprintf(stdout, "FAIL config: %s: %v\n", cfgFile, err)
+		return errors.New("attestation failed")
+	}
+	want := config.Digest(canon)
 	switch {
 	case cfgEvent == nil:
 		fmt.Fprintln(stdout, "FAIL config: the event log has no config event")
 	case cfgEvent.SHA256 != want:
-		fmt.Fprintf(stdout, "FAIL config digest: the node booted with sha256:%s, %s is sha256:%s\n", cfgEvent.SHA256, cfgFile, want)
+		fmt.Fprintf(stdout, "FAIL config digest: the node booted with sha256:%s, %s (redacted) is sha256:%s\n", cfgEvent.SHA256, cfgFile, want)
 	default:
-		fmt.Fprintf(stdout, "ok   config digest sha256:%s is that of %s\n", want, cfgFile)
+		fmt.Fprintf(stdout, "ok   config digest sha256:%s is that of %s (redacted)\n", want, cfgFile)
 		return nil
 	}
 	return errors.New("attestation failed")

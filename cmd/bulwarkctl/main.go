@@ -33,7 +33,8 @@ a running node (flags or BULWARK_NODE, BULWARK_CERT, BULWARK_KEY, BULWARK_CA):
   shutdown --wipe                    power the node off; its volumes are crypto-erased
   backup start | ipsec rekey         start a backup / an IPsec rekey
   attest --config FILE [--ak FP] [--save F]   TPM quote over a fresh nonce: signature, nonce, PCR 15
-                                     replayed from the event log, config digest against FILE
+                                     replayed from the event log, config digest against FILE (the full
+                                     config or its redacted form: both give the digest the node measured)
   attest verify F [--nonce N] [--config FILE] [--ak FP]   the same for a saved answer
   node flags: --node HOST:PORT --cert FILE --key FILE --ca FILE
 
@@ -49,6 +50,8 @@ offline:
   audit verify FILE [--head HASH]    check an audit log's hash chain
     [--start N [--anchor HASH]]      one that begins at record N (the node kept only its latest records)
   config check FILE                  validate a node config exactly as the node will
+  config redact FILE                 write to stdout the config with its secrets replaced by commitments:
+                                     the bytes the node measures, for auditors (attest --config)
   image build [flags]                build the node image into out/
 `
 
@@ -116,10 +119,13 @@ func dispatch(args []string, stdout, stderr io.Writer) error {
 		}
 		return imagebuild.Main(context.Background(), rest[1:], stdout)
 	case "config":
-		if sub != "check" || len(rest) != 2 {
-			return usageError{"config: use check FILE"}
+		switch {
+		case sub == "check" && len(rest) == 2:
+			return configCheck(rest[1], stdout)
+		case sub == "redact" && len(rest) == 2:
+			return configRedact(rest[1], stdout)
 		}
-		return configCheck(rest[1], stdout)
+		return usageError{"config: use check FILE or redact FILE"}
 	}
 	return usageError{fmt.Sprintf("unknown command %q", cmd)}
 }
