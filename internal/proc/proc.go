@@ -15,20 +15,28 @@ import (
 	"os/exec"
 	"os/signal"
 	"sync"
+	"sync/atomic"
 	"syscall"
 
 	"golang.org/x/sys/unix"
 )
 
+// mu orders every fork against every wait. Start holds it from the fork
+// until the child's pid is in waiters, and the reaper holds it from wait4
+// until the status is handed on. A pid is freed for reuse only by that
+// wait4, so no fork can take a pid between its reaping and the hand-over,
+// and no child can be reaped before it is registered: every status found
+// under mu belongs to the child registered under that pid, or to an
+// orphan, and never to a later child with the same pid.
 var (
 	mu      sync.Mutex
 	reaping bool
 	waiters = map[int]chan unix.WaitStatus{}
-	// early holds statuses of children that exited before Run registered
-	// them (impossible while Run holds mu across the start, kept for safety).
-	early = map[int]unix.WaitStatus{}
 	// Orphans counts reaped processes that nobody was waiting for.
 	orphans int
+	// reapedHook, set only by tests, runs in the reaper for each pid it
+	// reaps, before the status is handed on (with mu held).
+	reapedHook atomic.Pointer[func(pid int)]
 )
 
 // StartReaper starts reaping children on SIGCHLD. Call it once, early in
@@ -48,24 +56,33 @@ func StartReaper() {
 
 func reap() {
 	for {
-		var st unix.WaitStatus
-		pid, err := unix.Wait4(-1, &st, unix.WNOHANG, nil)
-		if pid <= 0 || err != nil {
+		if !reapOne() {
 			return
 		}
-		mu.Lock()
-		if w, ok := waiters[pid]; ok {
-			delete(waiters, pid)
-			w <- st
-		} else {
-			orphans++
-			early[pid] = st
-			if len(early) > 1024 { // orphans never claimed; keep the map bounded
-				clear(early)
-			}
-		}
-		mu.Unlock()
 	}
+}
+
+// reapOne reaps one exited child, if there is one, and hands its status to
+// the Start that registered it; a child nobody registered is an orphan
+// and its status is dropped (kept for nobody: its pid may be reused).
+func reapOne() bool {
+	mu.Lock()
+	defer mu.Unlock()
+	var st unix.WaitStatus
+	pid, err := unix.Wait4(-1, &st, unix.WNOHANG, nil)
+	if pid <= 0 || err != nil {
+		return false
+	}
+	if h := reapedHook.Load(); h != nil {
+		(*h)(pid)
+	}
+	if w, ok := waiters[pid]; ok {
+		delete(waiters, pid)
+		w <- st // buffered: never blocks
+	} else {
+		orphans++
+	}
+	return true
 }
 
 // Orphans returns how many processes were reaped that no Run waited for.
@@ -174,16 +191,13 @@ func Start(s Spec) (*Process, error) {
 		sys.Credential = &syscall.Credential{Uid: s.UID, Gid: s.GID, Groups: []uint32{}}
 	}
 	done := make(chan unix.WaitStatus, 1)
+	// The fork and the registration under one hold of mu: the reaper
+	// cannot wait for this child until it is registered (see mu).
 	mu.Lock()
 	r := reaping
 	p, err := os.StartProcess(path, s.Argv, &os.ProcAttr{Dir: s.Dir, Files: []*os.File{devnull, out, errOut}, Env: env, Sys: sys})
 	if err == nil && r {
-		if st, ok := early[p.Pid]; ok {
-			delete(early, p.Pid)
-			done <- st
-		} else {
-			waiters[p.Pid] = done
-		}
+		waiters[p.Pid] = done
 	}
 	mu.Unlock()
 	if err != nil {

@@ -9,8 +9,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"golang.org/x/sys/unix"
 )
 
 // zombies lists this process's children that are zombies.
@@ -35,11 +33,7 @@ func zombies(t *testing.T) []string {
 }
 
 func TestReaperMode(t *testing.T) {
-	// Become the reaper of our orphans, as PID1 is for everything.
-	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
-		t.Fatal(err)
-	}
-	StartReaper()
+	reaper(t)
 	ctx := context.Background()
 
 	out, err := Run(ctx, "sh", "-c", "echo out; echo err >&2")
