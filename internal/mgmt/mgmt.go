@@ -138,6 +138,8 @@ func Listen(o Options) (*Server, error) {
 		MaxHeaderBytes:    16 << 10,
 		ErrorLog:          slog.NewLogLogger(o.Log.Handler(), slog.LevelWarn),
 	}
+	// Started here, not in Serve, so that Close always finds it.
+	go s.flushRefusals()
 	return s, nil
 }
 
@@ -148,7 +150,6 @@ func (s *Server) Addr() net.Addr { return s.ln.Addr() }
 // the good ones to the HTTP server.
 func (s *Server) Serve() error {
 	go s.http.Serve(chanListener{s})
-	go s.flushRefusals()
 	for {
 		c, err := s.ln.Accept()
 		if err != nil {

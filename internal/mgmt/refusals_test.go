@@ -79,3 +79,18 @@ func TestRefusalLimiter(t *testing.T) {
 		t.Fatalf("%d quiet sources still tracked", len(q.srcs))
 	}
 }
+
+// Close returns promptly even when Serve never ran (the goroutine that
+// writes the counts is the server's from Listen on).
+func TestCloseWithoutServe(t *testing.T) {
+	e := setup(t)
+	s, err := Listen(Options{Addr: "127.0.0.1:0", CA: e.s.o.CA, Cert: e.s.o.Cert, Audit: e.log, Node: e.node})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Now()
+	s.Close()
+	if d := time.Since(t0); d > time.Second {
+		t.Fatalf("Close took %v", d)
+	}
+}
