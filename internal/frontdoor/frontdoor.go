@@ -22,6 +22,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Protocols.
@@ -34,6 +36,17 @@ const (
 const (
 	DefaultHandshakeTimeout = 10 * time.Second
 	DefaultMaxPerSource     = 64
+	// DefaultMaxConns bounds the connections of one front door from all
+	// sources together: the per-source limit alone lets a few dozen
+	// sources take every file descriptor of the process.
+	DefaultMaxConns = 1024
+	// DefaultIdleTimeout closes a proxied connection that carried no byte
+	// in either direction for this long.
+	DefaultIdleTimeout = 30 * time.Minute
+	// FDReserve is how many file descriptors of the process the front
+	// doors leave to the node's own work (management API, keying, audit
+	// log, backups, volumes), whatever their limits say.
+	FDReserve = 512
 )
 
 // PostgreSQL protocol codes (the "protocol version" field of the first
@@ -57,12 +70,22 @@ type Options struct {
 	TLS              *tls.Config
 	HandshakeTimeout time.Duration
 	MaxPerSource     int
-	Log              *slog.Logger
+	// MaxConns bounds the connections from all sources together; Listen
+	// lowers it to what the process's descriptor limit allows after
+	// FDReserve (each proxied connection holds two descriptors).
+	MaxConns    int
+	IdleTimeout time.Duration
+	Log         *slog.Logger
 }
 
 // Stats are counters for status.
 type Stats struct {
 	Active, Served, Refused, Plaintext int64
+	// Limit is the global connection limit in force; OverLimit counts the
+	// connections refused because of it, Idle those closed for idleness.
+	Limit     int   `json:",omitempty"`
+	OverLimit int64 `json:",omitempty"`
+	Idle      int64 `json:",omitempty"`
 }
 
 // Server is a running front door.
@@ -76,6 +99,8 @@ type Server struct {
 	served  atomic.Int64
 	refused atomic.Int64
 	plain   atomic.Int64
+	over    atomic.Int64
+	idle    atomic.Int64
 	closing atomic.Bool
 	wg      sync.WaitGroup
 	connsMu sync.Mutex
@@ -95,6 +120,15 @@ func Listen(o Options) (*Server, error) {
 	}
 	if o.MaxPerSource == 0 {
 		o.MaxPerSource = DefaultMaxPerSource
+	}
+	if o.MaxConns == 0 {
+		o.MaxConns = DefaultMaxConns
+	}
+	if o.IdleTimeout == 0 {
+		o.IdleTimeout = DefaultIdleTimeout
+	}
+	if fit := fdBudget(); fit < o.MaxConns {
+		o.MaxConns = fit
 	}
 	if o.Log == nil {
 		o.Log = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -118,23 +152,44 @@ func (s *Server) Addr() net.Addr { return s.ln.Addr() }
 
 // Stats returns the counters.
 func (s *Server) Stats() Stats {
-	return Stats{Active: s.active.Load(), Served: s.served.Load(), Refused: s.refused.Load(), Plaintext: s.plain.Load()}
+	return Stats{Active: s.active.Load(), Served: s.served.Load(), Refused: s.refused.Load(), Plaintext: s.plain.Load(),
+		Limit: s.o.MaxConns, OverLimit: s.over.Load(), Idle: s.idle.Load()}
 }
 
-// Serve accepts until Close.
+// fdBudget is how many proxied connections (two descriptors each) fit in
+// the process's descriptor limit once FDReserve is kept back; at least 1.
+func fdBudget() int {
+	var rl unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &rl); err != nil || rl.Cur > 1<<30 {
+		return DefaultMaxConns
+	}
+	return max(1, (int(rl.Cur)-FDReserve)/2)
+}
+
+// Serve accepts until Close. Running out of descriptors (or any other
+// temporary accept error) pauses the loop instead of ending it: the front
+// door comes back once connections close.
 func (s *Server) Serve() error {
+	pause := 5 * time.Millisecond
 	for {
 		c, err := s.ln.Accept()
 		if err != nil {
 			if s.closing.Load() {
 				return nil
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				time.Sleep(10 * time.Millisecond)
+			if temporary(err) {
+				time.Sleep(pause)
+				pause = min(2*pause, time.Second)
 				continue
 			}
 			return fmt.Errorf("frontdoor: %w", err)
+		}
+		pause = 5 * time.Millisecond
+		if s.active.Load() >= int64(s.o.MaxConns) {
+			s.over.Add(1)
+			s.refused.Add(1)
+			c.Close()
+			continue
 		}
 		src := addrOf(c.RemoteAddr())
 		if !s.admit(src) {
@@ -143,20 +198,33 @@ func (s *Server) Serve() error {
 			continue
 		}
 		s.track(c, true)
+		s.active.Add(1)
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
+			defer s.active.Add(-1)
 			defer s.release(src)
 			defer s.track(c, false)
 			defer c.Close()
-			s.active.Add(1)
-			defer s.active.Add(-1)
 			s.handle(c)
 		}()
 	}
 }
 
-// Close stops accepting and closes every connection.
+// temporary reports accept errors after which accepting again can work:
+// timeouts, a full descriptor table, a connection aborted before accept.
+func temporary(err error) bool {
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return true
+	}
+	return errors.Is(err, unix.EMFILE) || errors.Is(err, unix.ENFILE) || errors.Is(err, unix.ENOBUFS) ||
+		errors.Is(err, unix.ENOMEM) || errors.Is(err, unix.ECONNABORTED)
+}
+
+// Close stops accepting and closes every connection, the client's end and
+// the workload's, so that no copy loop is left waiting on either: a client
+// holding a query open cannot hold off the node's shutdown.
 func (s *Server) Close() error {
 	s.closing.Store(true)
 	err := s.ln.Close()
@@ -245,9 +313,16 @@ func (s *Server) handle(c net.Conn) {
 		s.o.Log.Warn("front door: the workload does not answer", "backend", s.o.Backend, "err", err)
 		return
 	}
+	s.track(back, true)
+	defer s.track(back, false)
 	defer back.Close()
+	if s.closing.Load() {
+		return // Close ran between the dial and the track
+	}
 	s.served.Add(1)
-	pipe(tc, back)
+	if idle := pipe(tc, back, s.o.IdleTimeout); idle {
+		s.idle.Add(1)
+	}
 }
 
 // viaSSLRequest marks connections that negotiated TLS with SSLRequest (no
@@ -335,11 +410,14 @@ func (s *Server) dialBackend() (net.Conn, error) {
 }
 
 // pipe copies both ways until both directions are done, passing half
-// closes on.
-func pipe(client *tls.Conn, back net.Conn) {
+// closes on. A connection that carries no byte either way for idle is
+// closed at both ends; pipe reports that.
+func pipe(client *tls.Conn, back net.Conn, idle time.Duration) (timedOut bool) {
+	var last atomic.Int64
+	last.Store(time.Now().UnixNano())
 	done := make(chan struct{}, 2)
 	go func() {
-		io.Copy(back, client)
+		copyActive(back, client, &last)
 		if cw, ok := back.(interface{ CloseWrite() error }); ok {
 			cw.CloseWrite()
 		} else {
@@ -348,10 +426,41 @@ func pipe(client *tls.Conn, back net.Conn) {
 		done <- struct{}{}
 	}()
 	go func() {
-		io.Copy(client, back)
+		copyActive(client, back, &last)
 		client.CloseWrite()
 		done <- struct{}{}
 	}()
-	<-done
-	<-done
+	tick := time.NewTicker(max(idle/8, time.Millisecond))
+	defer tick.Stop()
+	for pending := 2; pending > 0; {
+		select {
+		case <-done:
+			pending--
+		case <-tick.C:
+			if !timedOut && time.Since(time.Unix(0, last.Load())) >= idle {
+				timedOut = true
+				client.Close()
+				back.Close()
+			}
+		}
+	}
+	return timedOut
+}
+
+// copyActive copies src to dst, noting the time of every transfer in last.
+func copyActive(dst io.Writer, src io.Reader, last *atomic.Int64) {
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 {
+			last.Store(time.Now().UnixNano())
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				return
+			}
+			last.Store(time.Now().UnixNano())
+		}
+		if err != nil {
+			return
+		}
+	}
 }
