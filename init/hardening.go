@@ -8,6 +8,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// nofile is PID1's descriptor limit (inherited by its children).
+const nofile = 65536
+
 // harden closes the ways key material could leave RAM or the running
 // kernel could be replaced: no core dumps (rlimit 0, inherited by every
 // child, and PID1 itself not dumpable), no kexec, no kernel pointers or
@@ -16,6 +19,13 @@ import (
 func harden(b *boot) (string, error) {
 	if err := unix.Setrlimit(unix.RLIMIT_CORE, &unix.Rlimit{Cur: 0, Max: 0}); err != nil {
 		return "", fmt.Errorf("disabling core dumps: %w", err)
+	}
+	// A descriptor table far larger than the kernel's default of 4096 for
+	// PID1, so that the front doors' connection limits, each within this
+	// budget less a reserve (frontdoor.FDReserve), leave room for the
+	// management API, keying, the audit log and backups.
+	if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &unix.Rlimit{Cur: nofile, Max: nofile}); err != nil {
+		return "", fmt.Errorf("raising the descriptor limit: %w", err)
 	}
 	if err := unix.Prctl(unix.PR_SET_DUMPABLE, 0, 0, 0, 0); err != nil {
 		return "", fmt.Errorf("PR_SET_DUMPABLE: %w", err)
@@ -43,5 +53,5 @@ func harden(b *boot) (string, error) {
 	if lines := strings.Split(strings.TrimSpace(string(swaps)), "\n"); len(lines) > 1 {
 		return "", fmt.Errorf("swap is enabled (%s); key material could reach a disk", strings.Join(lines[1:], "; "))
 	}
-	return fmt.Sprintf("core dumps off, not dumpable, no swap, %d sysctls", len(set)), nil
+	return fmt.Sprintf("core dumps off, not dumpable, no swap, %d sysctls, %d descriptors", len(set), nofile), nil
 }

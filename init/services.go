@@ -30,6 +30,8 @@ func startServices(b *boot) (string, error) {
 			Backend:      fd.Backend,
 			TLS:          &tls.Config{Certificates: []tls.Certificate{cert}},
 			MaxPerSource: fd.MaxPerSource,
+			MaxConns:     fd.MaxConnections,
+			IdleTimeout:  time.Duration(fd.IdleTimeoutSeconds) * time.Second,
 			Log:          b.log,
 		})
 		if err != nil {
@@ -41,7 +43,7 @@ func startServices(b *boot) (string, error) {
 			}
 		})
 		b.doors = append(b.doors, door{fd, s})
-		b.onShutdown(fmt.Sprintf("close front door %d", fd.Port), func(context.Context) error { return s.Close() })
+		b.onShutdownWithin(fmt.Sprintf("close front door %d", fd.Port), 5*time.Second, false, func(context.Context) error { return s.Close() })
 		parts = append(parts, fmt.Sprintf("front door %d (%s) -> %s", fd.Port, fd.Protocol, fd.Backend))
 	}
 	port := b.cfg.Firewall.EffectiveManagementPort()
@@ -62,7 +64,7 @@ func startServices(b *boot) (string, error) {
 			b.log.Error("management API stopped", "err", err)
 		}
 	})
-	b.onShutdown("close management API", func(context.Context) error { return m.Close() })
+	b.onShutdownWithin("close management API", 5*time.Second, false, func(context.Context) error { return m.Close() })
 	parts = append(parts, fmt.Sprintf("management API %d (mTLS, project CA %s)", port, ca.Subject.CommonName))
 	return strings.Join(parts, "; "), nil
 }

@@ -162,6 +162,13 @@ type FrontDoor struct {
 	// MaxPerSource bounds the connections one client address may hold
 	// open; default 64.
 	MaxPerSource int `json:"max_per_source,omitempty"`
+	// MaxConnections bounds the connections from all clients together;
+	// default 1024, and never more than the node's descriptor budget
+	// allows.
+	MaxConnections int `json:"max_connections,omitempty"`
+	// IdleTimeoutSeconds closes a connection that carried nothing either
+	// way for that long; default 1800.
+	IdleTimeoutSeconds int `json:"idle_timeout_seconds,omitempty"`
 }
 
 // Firewall is the node's policy: default deny in both directions, with the

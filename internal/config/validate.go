@@ -400,6 +400,12 @@ func (c *Config) validateFrontDoor() error {
 		if f.MaxPerSource < 0 || f.MaxPerSource > 100000 {
 			return fmt.Errorf("%s.max_per_source: %d is out of range (1 to 100000, or leave it out for 64)", at, f.MaxPerSource)
 		}
+		if f.MaxConnections < 0 || f.MaxConnections > 30000 {
+			return fmt.Errorf("%s.max_connections: %d is out of range (1 to 30000, or leave it out for 1024)", at, f.MaxConnections)
+		}
+		if f.IdleTimeoutSeconds < 0 || f.IdleTimeoutSeconds > 7*86400 {
+			return fmt.Errorf("%s.idle_timeout_seconds: %d is out of range (1 to 604800, or leave it out for 1800)", at, f.IdleTimeoutSeconds)
+		}
 	}
 	return nil
 }

@@ -25,6 +25,8 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/bulwarkvm/bulwark/internal/audit"
 	"github.com/bulwarkvm/bulwark/internal/pki"
 )
@@ -150,6 +152,7 @@ func (s *Server) Addr() net.Addr { return s.ln.Addr() }
 // the good ones to the HTTP server.
 func (s *Server) Serve() error {
 	go s.http.Serve(chanListener{s})
+	pause := 5 * time.Millisecond
 	for {
 		c, err := s.ln.Accept()
 		if err != nil {
@@ -158,12 +161,19 @@ func (s *Server) Serve() error {
 				return nil
 			default:
 			}
+			// Out of descriptors (a flood elsewhere in the process) or
+			// another passing error: wait and accept again, never end
+			// the only way into the node.
 			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
+			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, unix.EMFILE) || errors.Is(err, unix.ENFILE) ||
+				errors.Is(err, unix.ENOBUFS) || errors.Is(err, unix.ENOMEM) || errors.Is(err, unix.ECONNABORTED) {
+				time.Sleep(pause)
+				pause = min(2*pause, time.Second)
 				continue
 			}
 			return fmt.Errorf("mgmt: %w", err)
 		}
+		pause = 5 * time.Millisecond
 		go s.handshake(c)
 	}
 }
