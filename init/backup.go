@@ -11,7 +11,11 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/bulwarkvm/bulwark/internal/audit"
 	"github.com/bulwarkvm/bulwark/internal/backup"
@@ -84,14 +88,25 @@ func startBackups(b *boot) (string, error) {
 		// The volumes stage registered "close audit log" after the
 		// volumes' erasure; the final round runs just before it, after
 		// the workload has stopped and the scheduled rounds with it.
-		if err := b.onShutdownBefore("close audit log", "final backup", r.final); err != nil {
+		if err := b.onShutdownBefore("close audit log", "final backup", finalBackupTimeout, r.final); err != nil {
 			return "", fmt.Errorf("backup: %w", err)
 		}
 		detail += ", a final round at shutdown"
 	}
-	b.onShutdown("stop backups", func(ctx context.Context) error {
+	// A running round ends with its context: its command gets SIGTERM,
+	// and SIGKILL after commandStopGrace.
+	b.onShutdownWithin("stop backups", commandStopGrace+5*time.Second, false, func(ctx context.Context) error {
 		r.cancel()
-		r.wg.Wait()
+		idle := make(chan struct{})
+		go func() { r.wg.Wait(); close(idle) }()
+		select {
+		case <-idle:
+		case <-ctx.Done():
+			return fmt.Errorf("a backup round was still running: %w", errCutShort)
+		}
+		if r.killed.Load() {
+			return fmt.Errorf("a backup command ignored SIGTERM and was killed: %w", errCutShort)
+		}
 		return nil
 	})
 	if err != nil {
@@ -109,6 +124,9 @@ type backups struct {
 	ctx     context.Context
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup
+
+	// killed is set when a command had to be killed at a round's end.
+	killed atomic.Bool
 
 	mu      sync.Mutex
 	st      objstore.Store
@@ -249,7 +267,7 @@ func (r *backups) source(ctx context.Context, src config.BackupSource, o backup.
 	default:
 		o.Source = backup.Source{Kind: "command", Name: strings.Join(src.Command, " ")}
 		var err error
-		if in, err = r.command(src.Command); err != nil {
+		if in, err = r.command(ctx, src.Command); err != nil {
 			return "", err
 		}
 	}
@@ -268,7 +286,7 @@ func (r *backups) source(ctx context.Context, src config.BackupSource, o backup.
 // as the workload's user and reads the workload's data). If the backup
 // stops early, closing the stream closes the pipe, and the command ends on
 // its next write.
-func (r *backups) command(argv []string) (io.ReadCloser, error) {
+func (r *backups) command(ctx context.Context, argv []string) (io.ReadCloser, error) {
 	pr, pw, err := os.Pipe()
 	if err != nil {
 		return nil, err
@@ -294,13 +312,69 @@ func (r *backups) command(argv []string) (io.ReadCloser, error) {
 		}
 		epr.Close()
 	})
-	return backup.Checked(pr, func() error {
+	// The round's end (its context: the teardown's share, the final
+	// round's bound) ends the command too, and so does closing the stream
+	// early; a command that ignores SIGTERM is killed after a grace, with
+	// everything it started (its session is its process group).
+	stopped := make(chan struct{})
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			defer close(stopped)
+			signalGroup(p, syscall.SIGTERM)
+			select {
+			case <-p.Done():
+			case <-time.After(commandStopGrace):
+				r.b.log.Warn("backup command: did not stop on SIGTERM; killed", "command", argv[0], "after", commandStopGrace)
+				r.killed.Store(true)
+				signalGroup(p, syscall.SIGKILL)
+			}
+		})
+	}
+	r.b.goSafe("backup command watch", func() {
+		select {
+		case <-ctx.Done():
+			stop()
+		case <-p.Done():
+		}
+	})
+	return &commandStream{ReadCloser: backup.Checked(pr, func() error {
 		<-p.Done()
 		if st := p.Status(); st.Signaled() || st.ExitStatus() != 0 {
 			return fmt.Errorf("%s: exit status %d (signal %d)", argv[0], st.ExitStatus(), st.Signal())
 		}
 		return nil
-	}), nil
+	}), p: p, stop: stop}, nil
+}
+
+// commandStopGrace is how long a backup command gets between SIGTERM and
+// SIGKILL when its round ends early.
+const commandStopGrace = 5 * time.Second
+
+// commandStream is a command source's output. Closing it before the
+// command has exited stops the command, so that the close never waits on
+// a command that neither writes nor exits.
+type commandStream struct {
+	io.ReadCloser
+	p    *proc.Process
+	stop func()
+}
+
+func (c *commandStream) Close() error {
+	select {
+	case <-c.p.Done():
+	default:
+		go c.stop()
+	}
+	return c.ReadCloser.Close()
+}
+
+// signalGroup signals the process group a child leads (proc.Start puts
+// each child in a session of its own), reaching what it started too.
+func signalGroup(p *proc.Process, sig syscall.Signal) {
+	if err := unix.Kill(-p.Pid(), sig); err != nil {
+		p.Signal(sig) // the leader alone, if the group is gone
+	}
 }
 
 func describe(m *backup.Manifest) string {

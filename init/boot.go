@@ -88,6 +88,10 @@ type result struct {
 type teardownStep struct {
 	name string
 	fn   func(context.Context) error
+	// share is the step's time within the teardown's bound (0: the
+	// default); essential steps remove keys and keep time reserved.
+	share     time.Duration
+	essential bool
 }
 
 // A stage does one step of the boot. Its detail goes into the readiness
@@ -156,18 +160,26 @@ func (b *boot) stage(name string, fn stageFunc) {
 	}
 }
 
-// onShutdown registers a teardown step.
+// onShutdown registers a teardown step with the default share of the
+// teardown's bound (shutdown.go).
 func (b *boot) onShutdown(name string, fn func(context.Context) error) {
-	b.teardown = append(b.teardown, teardownStep{name, fn})
+	b.teardown = append(b.teardown, teardownStep{name: name, fn: fn})
+}
+
+// onShutdownWithin registers a teardown step with its own share of the
+// bound; essential steps (those that remove keys) run even when the bound
+// is spent, with time kept back for them.
+func (b *boot) onShutdownWithin(name string, share time.Duration, essential bool, fn func(context.Context) error) {
+	b.teardown = append(b.teardown, teardownStep{name: name, fn: fn, share: share, essential: essential})
 }
 
 // onShutdownBefore registers a teardown step that runs just before the
 // step named before, which an earlier stage registered, and so after every
 // step registered since then.
-func (b *boot) onShutdownBefore(before, name string, fn func(context.Context) error) error {
+func (b *boot) onShutdownBefore(before, name string, share time.Duration, fn func(context.Context) error) error {
 	for i, s := range b.teardown {
 		if s.name == before {
-			b.teardown = slices.Insert(b.teardown, i+1, teardownStep{name, fn})
+			b.teardown = slices.Insert(b.teardown, i+1, teardownStep{name: name, fn: fn, share: share})
 			return nil
 		}
 	}

@@ -14,7 +14,7 @@ func TestOnShutdownBefore(t *testing.T) {
 	for _, name := range []string{"erase", "close audit log", "stop workload", "stop backups"} {
 		b.onShutdown(name, noop)
 	}
-	if err := b.onShutdownBefore("close audit log", "final backup", noop); err != nil {
+	if err := b.onShutdownBefore("close audit log", "final backup", 0, noop); err != nil {
 		t.Fatal(err)
 	}
 	var ran []string
@@ -25,7 +25,7 @@ func TestOnShutdownBefore(t *testing.T) {
 	if !slices.Equal(ran, want) {
 		t.Fatalf("teardown order %q, want %q", ran, want)
 	}
-	if err := b.onShutdownBefore("no such step", "x", noop); err == nil {
+	if err := b.onShutdownBefore("no such step", "x", 0, noop); err == nil {
 		t.Fatal("a step before a step that does not exist was accepted")
 	}
 	if len(b.teardown) != len(want) {

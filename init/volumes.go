@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/bulwarkvm/bulwark/internal/proc"
 	"github.com/bulwarkvm/bulwark/internal/volume"
@@ -34,7 +35,9 @@ func setUpVolumes(b *boot) (string, error) {
 		b.log.Info("volume " + v.Summary())
 		b.notes = append(b.notes, "volume "+v.Summary())
 		b.volumes = append(b.volumes, v)
-		b.onShutdown("crypto-erase volume "+v.Name, v.Erase)
+		// Essential: it runs, with its time kept back, however long the
+		// steps before it took.
+		b.onShutdownWithin("crypto-erase volume "+v.Name, 10*time.Second, true, v.Erase)
 		lines = append(lines, v.Name+" "+v.UUID)
 	}
 	// The audit log goes to the first volume, root-only: the workload,
@@ -47,6 +50,6 @@ func setUpVolumes(b *boot) (string, error) {
 	if err := b.audit.Attach(b.auditFile); err != nil {
 		return "", err
 	}
-	b.onShutdown("close audit log", func(context.Context) error { return b.audit.Close() })
+	b.onShutdownWithin("close audit log", 2*time.Second, false, func(context.Context) error { return b.audit.Close() })
 	return fmt.Sprintf("%d encrypted (%s); audit log on %s%s", len(lines), strings.Join(lines, ", "), b.cfg.Volumes[0].Name, waitedNote(waited)), nil
 }

@@ -69,17 +69,24 @@ func startWorkload(b *boot) (string, error) {
 			b.log.Info("workload: exited with status 0")
 		}
 	})
-	b.onShutdown("stop workload", func(ctx context.Context) error {
+	// The workload's share of the teardown: its stop timeout, then the
+	// time a SIGKILL takes.
+	b.onShutdownWithin("stop workload", workloadStopTimeout+2*time.Second, false, func(ctx context.Context) error {
 		p.Signal(syscall.SIGTERM)
+		t := time.NewTimer(workloadStopTimeout)
+		defer t.Stop()
 		select {
 		case <-p.Done():
 			return nil
-		case <-time.After(workloadStopTimeout):
+		case <-t.C:
 		case <-ctx.Done():
 		}
-		p.Signal(syscall.SIGKILL)
-		<-p.Done()
-		return fmt.Errorf("workload did not stop within %s; killed", workloadStopTimeout)
+		signalGroup(p, syscall.SIGKILL)
+		select {
+		case <-p.Done():
+		case <-ctx.Done():
+		}
+		return fmt.Errorf("the workload did not stop on SIGTERM within its share; killed: %w", errCutShort)
 	})
 	return fmt.Sprintf("pid %d, uid %d: %s", p.Pid(), w.UID, strings.Join(w.Command, " ")), nil
 }
