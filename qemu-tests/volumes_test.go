@@ -46,6 +46,7 @@ func TestGuestVolumeInterop(t *testing.T) {
 		"--- PASS: TestGuestSetupAndErase",
 		"guesttest: PASS volume.test",
 		"--- PASS: TestGuestXfrmState",
+		"--- PASS: TestGuestInstallStateMatchesLibrary",
 		"guesttest: PASS ipsec.test",
 	} {
 		if !strings.Contains(console, want) {

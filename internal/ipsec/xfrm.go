@@ -96,21 +96,6 @@ func allocSPI(src, dst netip.Addr, reqid int) (uint32, error) {
 	return uint32(st.Spi), nil
 }
 
-// installState installs (or completes) one SA. key is aeadKeyLen bytes.
-func installState(src, dst netip.Addr, spi uint32, key []byte, reqid int) error {
-	st := &netlink.XfrmState{
-		Src: src.AsSlice(), Dst: dst.AsSlice(), Proto: netlink.XFRM_PROTO_ESP, Mode: netlink.XFRM_MODE_TRANSPORT,
-		Spi: int(spi), Reqid: reqid, ReplayWindow: replayWindow, ESN: true,
-		Aead: &netlink.XfrmStateAlgo{Name: aeadName, Key: key, ICVLen: icvBits},
-	}
-	if err := netlink.XfrmStateUpdate(st); err != nil {
-		if err2 := netlink.XfrmStateAdd(st); err2 != nil {
-			return fmt.Errorf("ipsec: installing SA %s -> %s spi %#x: %v / %w", src, dst, spi, err, err2)
-		}
-	}
-	return nil
-}
-
 func deleteState(src, dst netip.Addr, spi uint32) {
 	netlink.XfrmStateDel(&netlink.XfrmState{Src: src.AsSlice(), Dst: dst.AsSlice(), Proto: netlink.XFRM_PROTO_ESP, Spi: int(spi)})
 }
