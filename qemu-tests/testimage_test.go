@@ -59,6 +59,7 @@ func buildTestImage(base harness.Image) (harness.Image, error) {
 		{"guesttest", "build", "./qemu-tests/testdata/guesttest"},
 		{"markerwriter", "build", "./qemu-tests/testdata/markerwriter"},
 		{"netprobe", "build", "./qemu-tests/testdata/netprobe"},
+		{"stubborn", "build", "./qemu-tests/testdata/stubborn"},
 		{"volume.test", "test", "-c", "-tags", "guest", "./internal/volume"},
 		{"ipsec.test", "test", "-c", "-tags", "guest", "./internal/ipsec"},
 	} {

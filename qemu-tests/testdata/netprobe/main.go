@@ -26,6 +26,7 @@ func main() {
 	connect := flag.String("connect", "", "comma-separated host:port to connect to")
 	echo := flag.String("echo", "", "host:port of an echo server (a stand-in workload behind the front door)")
 	sink := flag.String("sink", "", "host:port to accept streams on, counting what arrives")
+	hold := flag.String("hold", "", "host:port to accept connections on and hold open, never reading or closing them (a query that does not end)")
 	stream := flag.String("stream", "", "host:port to stream the marker to")
 	marker := flag.String("marker", "MARKER", "what the stream repeats")
 	seconds := flag.Int("seconds", 30, "how long the stream runs")
@@ -38,6 +39,10 @@ func main() {
 			fmt.Printf("netprobe: sink received %d bytes from %s (%v)\n", n, c.RemoteAddr(), err)
 		})
 		fmt.Printf("netprobe: sink on %s\n", *sink)
+	}
+	if *hold != "" {
+		holdOn(*hold)
+		fmt.Printf("netprobe: holding connections on %s\n", *hold)
 	}
 	if *stream != "" {
 		go runStream(*stream, *marker, time.Duration(*seconds)*time.Second, *pause)
@@ -121,6 +126,27 @@ func serve(what, addr string, handle func(net.Conn)) {
 				return
 			}
 			go func() { handle(c); c.Close() }()
+		}
+	}()
+}
+
+// holdOn accepts connections and keeps every one open, unread, for the
+// life of the process.
+func holdOn(addr string) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		fmt.Println("netprobe: hold", addr, err)
+		os.Exit(1)
+	}
+	go func() {
+		var held []net.Conn
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			held = append(held, c)
+			fmt.Printf("netprobe: holding a connection from %s (%d held)\n", c.RemoteAddr(), len(held))
 		}
 	}()
 }
