@@ -84,7 +84,9 @@ unit: $(MINIO)
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzParse -fuzztime 15s ./internal/config/
 	$(GO) test -run '^$$' -fuzz FuzzRead -fuzztime 15s -fuzzminimizetime 1s ./internal/luks2/
+	$(GO) test -run '^$$' -fuzz FuzzLayout -fuzztime 15s -fuzzminimizetime 1s ./internal/luks2/
 	$(GO) test -run '^$$' -fuzz FuzzOpen -fuzztime 15s -fuzzminimizetime 1s ./internal/backup/
+	$(GO) test -run '^$$' -fuzz FuzzManifest -fuzztime 15s -fuzzminimizetime 1s ./internal/backup/
 
 qemutest:
 	$(GO) test -count=1 -timeout 30m -v ./qemu-tests/... 2>&1 | tee $(OUT)/qemutest.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|_test.go:'; \

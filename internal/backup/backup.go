@@ -236,7 +236,14 @@ func ReadManifest(ctx context.Context, st objstore.Store, node, id string, keys 
 		return nil, err
 	}
 	defer rc.Close()
-	r, err := OpenSegment(rc, keys, 1)
+	return readManifest(rc, node, id, want, func(r io.Reader) (*SegmentReader, error) { return OpenSegment(r, keys, 1) })
+}
+
+// readManifest is ReadManifest from the manifest object's bytes on, with
+// open turning them into a segment reader (OpenSegment with the keys; the
+// fuzz tests open with a fixed secret instead, without RSA).
+func readManifest(obj io.Reader, node, id string, want BackupID, open func(io.Reader) (*SegmentReader, error)) (*Manifest, error) {
+	r, err := open(obj)
 	if err != nil {
 		return nil, fmt.Errorf("backup %s: manifest: %w", id, err)
 	}

@@ -49,6 +49,13 @@ func NewSegmentWriter(w io.Writer, pub *rsa.PublicKey, h Header, workers int) (*
 		sec.Destroy()
 		return nil, fmt.Errorf("backup: wrapping the segment secret: %w", err)
 	}
+	return newSegmentWriter(w, h, wrapped, sec, workers)
+}
+
+// newSegmentWriter is NewSegmentWriter once the secret is drawn and
+// wrapped; it takes sec over. The fuzz tests seal with a fixed secret
+// through it, without RSA.
+func newSegmentWriter(w io.Writer, h Header, wrapped []byte, sec *secret.Buf, workers int) (*SegmentWriter, error) {
 	hdr := h.marshal(wrapped)
 	c, err := newChunker(sec.Bytes(), hdr, h.ChunkLog)
 	if err != nil {
@@ -197,12 +204,7 @@ type SegmentReader struct {
 // OpenSegment reads and checks a segment header, and unwraps its secret
 // with the private key its key id names.
 func OpenSegment(r io.Reader, keys Keyring, workers int) (*SegmentReader, error) {
-	hdr := make([]byte, headerLen)
-	n, err := io.ReadFull(r, hdr)
-	if err != nil && err != io.ErrUnexpectedEOF && err != io.EOF {
-		return nil, err
-	}
-	h, wrapped, err := parseHeader(hdr[:n])
+	hdr, h, wrapped, err := readHeader(r)
 	if err != nil {
 		return nil, err
 	}
@@ -226,6 +228,25 @@ func OpenSegment(r io.Reader, keys Keyring, workers int) (*SegmentReader, error)
 	}
 	copy(sec.Bytes(), plain)
 	secret.Zero(plain)
+	return openSegment(r, hdr, h, sec, workers)
+}
+
+// readHeader reads a segment header from r and parses it: hdr is the whole
+// header (its digest is bound into every chunk tag).
+func readHeader(r io.Reader) (hdr []byte, h Header, wrapped []byte, err error) {
+	hdr = make([]byte, headerLen)
+	n, err := io.ReadFull(r, hdr)
+	if err != nil && err != io.ErrUnexpectedEOF && err != io.EOF {
+		return nil, h, nil, err
+	}
+	h, wrapped, err = parseHeader(hdr[:n])
+	return hdr, h, wrapped, err
+}
+
+// openSegment is OpenSegment once the secret is unwrapped; it takes sec
+// over. The fuzz tests read with a fixed secret through it, without RSA,
+// which would otherwise take nearly all of their time.
+func openSegment(r io.Reader, hdr []byte, h Header, sec *secret.Buf, workers int) (*SegmentReader, error) {
 	c, err := newChunker(sec.Bytes(), hdr, h.ChunkLog)
 	if err != nil {
 		sec.Destroy()

@@ -59,24 +59,3 @@ func TestVectors(t *testing.T) {
 		t.Fatalf("only %d good and %d bad vectors", good, bad)
 	}
 }
-
-// FuzzOpen feeds arbitrary bytes after a valid header and arbitrary
-// segments: the reader must not panic, and whatever it releases must be
-// a prefix of the plaintext.
-func FuzzOpen(f *testing.F) {
-	k, _ := testKeys()
-	kr := keyring(f, k)
-	for _, name := range []string{"good-one-byte.seg", "good-chunk-plus-one.seg", "bad-trailing-data.seg"} {
-		b, err := os.ReadFile(filepath.Join("testdata", name))
-		if err != nil {
-			f.Fatal(err)
-		}
-		f.Add(b)
-	}
-	f.Fuzz(func(t *testing.T, seg []byte) {
-		got, _ := open(kr, seg, 2)
-		if !bytes.Equal(got, TestPattern(len(got))) {
-			t.Fatalf("released %d bytes that are not the plaintext", len(got))
-		}
-	})
-}
