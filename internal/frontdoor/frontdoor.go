@@ -24,6 +24,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/bulwarkvm/bulwark/internal/safego"
 )
 
 // Protocols.
@@ -102,6 +104,11 @@ type Server struct {
 	over    atomic.Int64
 	idle    atomic.Int64
 	closing atomic.Bool
+	// done is closed by Close; it ends the accept loop's wait to run
+	// again after a panic.
+	done    chan struct{}
+	stop    sync.Once
+	name    string // "front door <address>", for panic reports
 	wg      sync.WaitGroup
 	connsMu sync.Mutex
 	conns   map[net.Conn]struct{}
@@ -144,7 +151,8 @@ func Listen(o Options) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("frontdoor: %w", err)
 	}
-	return &Server{o: o, ln: ln, tls: cfg, perSrc: map[netip.Addr]int{}, conns: map[net.Conn]struct{}{}}, nil
+	return &Server{o: o, ln: ln, tls: cfg, perSrc: map[netip.Addr]int{}, conns: map[net.Conn]struct{}{},
+		done: make(chan struct{}), name: "front door " + ln.Addr().String()}, nil
 }
 
 // Addr is the listening address.
@@ -166,10 +174,25 @@ func fdBudget() int {
 	return max(1, (int(rl.Cur)-FDReserve)/2)
 }
 
+// Test hooks, nil outside tests: each runs at the start of its goroutine
+// (testHookAccept at the start of the accept loop).
+var testHookAccept, testHookHandle, testHookCopy func()
+
 // Serve accepts until Close. Running out of descriptors (or any other
 // temporary accept error) pauses the loop instead of ending it: the front
-// door comes back once connections close.
+// door comes back once connections close. The front door runs in PID1,
+// where a panic would bring the node down: a panic in the accept loop is
+// reported and the loop runs again (after 1 s, doubling to 30 s while it
+// keeps panicking); a panic in a connection's goroutines drops that
+// connection only (docs/boot.md).
 func (s *Server) Serve() error {
+	return safego.Restart(s.name+" accept", s.done, s.accept)
+}
+
+func (s *Server) accept() error {
+	if testHookAccept != nil {
+		testHookAccept()
+	}
 	pause := 5 * time.Millisecond
 	for {
 		c, err := s.ln.Accept()
@@ -200,14 +223,19 @@ func (s *Server) Serve() error {
 		s.track(c, true)
 		s.active.Add(1)
 		s.wg.Add(1)
-		go func() {
+		// A panic here ends this goroutine only, after the deferred
+		// calls have closed the connection and given back its counts.
+		safego.Go(s.name+" connection", func() {
 			defer s.wg.Done()
 			defer s.active.Add(-1)
 			defer s.release(src)
 			defer s.track(c, false)
 			defer c.Close()
+			if testHookHandle != nil {
+				testHookHandle()
+			}
 			s.handle(c)
-		}()
+		})
 	}
 }
 
@@ -227,6 +255,7 @@ func temporary(err error) bool {
 // holding a query open cannot hold off the node's shutdown.
 func (s *Server) Close() error {
 	s.closing.Store(true)
+	s.stop.Do(func() { close(s.done) })
 	err := s.ln.Close()
 	s.connsMu.Lock()
 	for c := range s.conns {
@@ -320,7 +349,7 @@ func (s *Server) handle(c net.Conn) {
 		return // Close ran between the dial and the track
 	}
 	s.served.Add(1)
-	if idle := pipe(tc, back, s.o.IdleTimeout); idle {
+	if idle := pipe(s.name+" copy", tc, back, s.o.IdleTimeout); idle {
 		s.idle.Add(1)
 	}
 }
@@ -411,25 +440,41 @@ func (s *Server) dialBackend() (net.Conn, error) {
 
 // pipe copies both ways until both directions are done, passing half
 // closes on. A connection that carries no byte either way for idle is
-// closed at both ends; pipe reports that.
-func pipe(client *tls.Conn, back net.Conn, idle time.Duration) (timedOut bool) {
+// closed at both ends; pipe reports that. A panic in one direction's copy
+// (name, for its report) closes both ends, so that the other direction
+// ends too and the connection is dropped.
+func pipe(name string, client *tls.Conn, back net.Conn, idle time.Duration) (timedOut bool) {
 	var last atomic.Int64
 	last.Store(time.Now().UnixNano())
 	done := make(chan struct{}, 2)
-	go func() {
+	half := func(fn func()) {
+		go func() {
+			err := safego.Call(name, func() error {
+				if testHookCopy != nil {
+					testHookCopy()
+				}
+				fn()
+				return nil
+			})
+			if err != nil {
+				client.Close()
+				back.Close()
+			}
+			done <- struct{}{}
+		}()
+	}
+	half(func() {
 		copyActive(back, client, &last)
 		if cw, ok := back.(interface{ CloseWrite() error }); ok {
 			cw.CloseWrite()
 		} else {
 			back.Close()
 		}
-		done <- struct{}{}
-	}()
-	go func() {
+	})
+	half(func() {
 		copyActive(client, back, &last)
 		client.CloseWrite()
-		done <- struct{}{}
-	}()
+	})
 	tick := time.NewTicker(max(idle/8, time.Millisecond))
 	defer tick.Stop()
 	for pending := 2; pending > 0; {
