@@ -108,7 +108,7 @@ func Go(name string, fn func()) {
 	go func() {
 		defer func() {
 			if v := recover(); v != nil {
-				recovered(name, v, 0)
+				recovered(name, v, stack(), 0)
 			}
 		}()
 		fn()
@@ -120,7 +120,7 @@ func Go(name string, fn func()) {
 func Call(name string, fn func() error) (err error) {
 	defer func() {
 		if v := recover(); v != nil {
-			err = recovered(name, v, 0)
+			err = recovered(name, v, stack(), 0)
 		}
 	}()
 	return fn()
@@ -131,7 +131,7 @@ func Call(name string, fn func() error) (err error) {
 // connection with http.ErrAbortHandler) and returns it as a *PanicError.
 // Call it from the deferred function, so that the stack is the panic's.
 func Recovered(name string, value any) error {
-	return recovered(name, value, 0)
+	return recovered(name, value, stack(), 0)
 }
 
 // Restart runs fn in the calling goroutine until it returns, and returns
@@ -143,14 +143,14 @@ func Restart(name string, stop <-chan struct{}, fn func() error) error {
 	wait := minBackoff
 	for {
 		began := time.Now()
-		err, v, panicked := run(fn)
+		err, v, st, panicked := run(fn)
 		if !panicked {
 			return err
 		}
 		if time.Since(began) >= resetAfter {
 			wait = minBackoff
 		}
-		recovered(name, v, wait)
+		recovered(name, v, st, wait)
 		t := time.NewTimer(wait)
 		select {
 		case <-stop:
@@ -168,27 +168,31 @@ func Loop(name string, stop <-chan struct{}, fn func()) {
 	go Restart(name, stop, func() error { fn(); return nil })
 }
 
-// run calls fn and recovers a panic in it. A panic with a nil value is a
-// *runtime.PanicNilError since Go 1.21, so v is never nil for a panic.
-func run(fn func() error) (err error, v any, panicked bool) {
+// run calls fn and recovers a panic in it, with the stack where it
+// happened. A panic with a nil value is a *runtime.PanicNilError since Go
+// 1.21, so v is never nil for a panic.
+func run(fn func() error) (err error, v any, st string, panicked bool) {
 	defer func() {
 		if r := recover(); r != nil {
-			v, panicked = r, true
+			v, st, panicked = r, stack(), true
 		}
 	}()
-	return fn(), nil, false
+	return fn(), nil, "", false
 }
 
-// recovered reports the panic v of the goroutine name and returns it as
-// an error. It is called from the
-// deferred function, or just after it, in the panicking goroutine, so the
-// stack it takes still shows where the panic happened.
-func recovered(name string, v any, restart time.Duration) *PanicError {
+// stack is the calling goroutine's stack. Taken in a deferred function
+// while the goroutine panics, it still shows where the panic happened
+// (the panicking frames are unwound only once that function returns).
+func stack() string { return cut(string(debug.Stack()), MaxStack) }
+
+// recovered reports the panic v of the goroutine name, which happened
+// where st shows, and returns it as an error.
+func recovered(name string, v any, st string, restart time.Duration) *PanicError {
 	e := &PanicError{Name: name, Value: cut(fmt.Sprint(v), MaxValue)}
 	if err, ok := v.(error); ok {
 		e.cause = err
 	}
-	deliver(Report{Name: name, Value: e.Value, Stack: cut(string(debug.Stack()), MaxStack), Restart: restart})
+	deliver(Report{Name: name, Value: e.Value, Stack: st, Restart: restart})
 	return e
 }
 

@@ -107,6 +107,9 @@ func TestRestartBacksOff(t *testing.T) {
 		if r.Restart != w {
 			t.Errorf("report %d: restart in %s, want %s", i, r.Restart, w)
 		}
+		if !strings.Contains(r.Stack, "TestRestartBacksOff.func1") {
+			t.Errorf("report %d: the stack does not show where the panic was:\n%s", i, r.Stack)
+		}
 		if gap := starts[i+1].Sub(starts[i]); gap < w {
 			t.Errorf("run %d started %s after the panic, want at least %s", i+2, gap, w)
 		}
