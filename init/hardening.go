@@ -37,6 +37,11 @@ func harden(b *boot) (string, error) {
 		{"/proc/sys/kernel/kptr_restrict", "2"},
 		{"/proc/sys/kernel/dmesg_restrict", "1"},
 		{"/proc/sys/kernel/unprivileged_bpf_disabled", "1"},
+		// The workload owns the data volumes: it must not hard-link or
+		// plant links to files it cannot read and have root follow them
+		// (a backup source, the audit file).
+		{"/proc/sys/fs/protected_hardlinks", "1"},
+		{"/proc/sys/fs/protected_symlinks", "1"},
 	}
 	var set []string
 	for _, s := range sysctls {

@@ -17,6 +17,8 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/bulwarkvm/bulwark/internal/objstore"
 )
 
@@ -148,17 +150,32 @@ func Write(ctx context.Context, r io.Reader, o Options) (*Manifest, error) {
 	return m, nil
 }
 
+// stagingFile opens an unnamed file (O_TMPFILE) in the staging directory,
+// resolved with no symbolic link followed. The staging directory lies in a
+// volume the workload owns, which could swap a path component for a link
+// between two rounds and make root create and remove files where it
+// chose; an unnamed file needs no removal and leaves nothing behind when
+// the node dies mid-upload.
+func stagingFile(dir string) (*os.File, error) {
+	fd, err := unix.Openat2(unix.AT_FDCWD, dir, &unix.OpenHow{
+		Flags:   unix.O_TMPFILE | unix.O_RDWR | unix.O_CLOEXEC,
+		Mode:    0o600,
+		Resolve: unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("backup: staging file in %s: %w", dir, err)
+	}
+	return os.NewFile(uintptr(fd), dir+"/(staging)"), nil
+}
+
 // putSegment seals r into a staging file and uploads it. If skipEmpty is
 // set and r turns out empty, nothing is stored and more is false.
 func putSegment(ctx context.Context, o Options, name string, h Header, r io.Reader, skipEmpty bool) (e SegmentEntry, more bool, err error) {
-	f, err := os.CreateTemp(o.Staging, ".segment-*")
+	f, err := stagingFile(o.Staging)
 	if err != nil {
 		return e, false, err
 	}
-	defer func() {
-		f.Close()
-		os.Remove(f.Name())
-	}()
+	defer f.Close()
 	sum := sha256.New()
 	w, err := NewSegmentWriter(io.MultiWriter(f, sum), o.Public, h, o.Workers)
 	if err != nil {
