@@ -29,6 +29,7 @@ import (
 
 	"github.com/bulwarkvm/bulwark/internal/audit"
 	"github.com/bulwarkvm/bulwark/internal/pki"
+	"github.com/bulwarkvm/bulwark/internal/safego"
 )
 
 // ErrNotAvailable answers actions whose subsystem this node does not run.
@@ -133,7 +134,7 @@ func Listen(o Options) (*Server, error) {
 		}
 	})
 	s.http = &http.Server{
-		Handler:           mux,
+		Handler:           reported(mux),
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,
 		WriteTimeout:      30 * time.Second,
@@ -148,10 +149,36 @@ func Listen(o Options) (*Server, error) {
 // Addr is the listening address.
 func (s *Server) Addr() net.Addr { return s.ln.Addr() }
 
+// Test hooks, nil outside tests: each runs at the start of its goroutine
+// (testHookAccept and testHookFlush at the start of their loops,
+// testHookRequest at the start of every request's handler).
+var testHookAccept, testHookHandshake, testHookFlush, testHookRequest func()
+
+// Names of the server's goroutines in panic reports.
+const (
+	nameAccept    = "management API accept"
+	nameHTTP      = "management API HTTP server"
+	nameHandshake = "management API handshake"
+	nameRequest   = "management API request"
+	nameRefusals  = "management API refusal counts"
+	nameShutdown  = "management API shutdown"
+)
+
 // Serve handshakes every connection itself (to audit refusals) and hands
-// the good ones to the HTTP server.
+// the good ones to the HTTP server. The server runs in PID1, where a panic
+// would bring the node down: a panic in the accept loop is reported and
+// the loop runs again (after 1 s, doubling to 30 s while it keeps
+// panicking); one in a handshake or a request drops that connection only
+// (docs/boot.md).
 func (s *Server) Serve() error {
-	go s.http.Serve(chanListener{s})
+	safego.Loop(nameHTTP, s.done, func() { s.http.Serve(chanListener{s}) })
+	return safego.Restart(nameAccept, s.done, s.accept)
+}
+
+func (s *Server) accept() error {
+	if testHookAccept != nil {
+		testHookAccept()
+	}
 	pause := 5 * time.Millisecond
 	for {
 		c, err := s.ln.Accept()
@@ -174,8 +201,34 @@ func (s *Server) Serve() error {
 			return fmt.Errorf("mgmt: %w", err)
 		}
 		pause = 5 * time.Millisecond
-		go s.handshake(c)
+		go func() {
+			// After a panic the connection is closed here: nothing
+			// else holds it yet.
+			if safego.Call(nameHandshake, func() error { s.handshake(c); return nil }) != nil {
+				c.Close()
+			}
+		}()
 	}
+}
+
+// reported wraps the API's handler: a panic in a request is reported,
+// then ends the request's connection as net/http does for any handler
+// panic (http.ErrAbortHandler, so that it does not log the stack twice).
+func reported(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		defer func() {
+			if v := recover(); v != nil {
+				if v != http.ErrAbortHandler {
+					safego.Recovered(nameRequest, v)
+				}
+				panic(http.ErrAbortHandler)
+			}
+		}()
+		if testHookRequest != nil {
+			testHookRequest()
+		}
+		h.ServeHTTP(w, r)
+	})
 }
 
 // Close stops the server.
@@ -196,9 +249,21 @@ func (s *Server) Close() error {
 }
 
 // flushRefusals writes the counts of suppressed handshake refusals now
-// and then, and once more when the server closes.
+// and then, and once more when the server closes. A panic in the loop is
+// reported and the loop runs again; the last counts are written when the
+// server closes all the same.
 func (s *Server) flushRefusals() {
 	defer close(s.flushed)
+	safego.Restart(nameRefusals, s.done, func() error { s.flushEvery(); return nil })
+	safego.Call(nameRefusals, func() error { s.writeCounts(s.refused.drain()); return nil })
+}
+
+// flushEvery writes the counts every refusalFlushEvery until the server
+// closes.
+func (s *Server) flushEvery() {
+	if testHookFlush != nil {
+		testHookFlush()
+	}
 	t := time.NewTicker(refusalFlushEvery)
 	defer t.Stop()
 	for {
@@ -206,7 +271,6 @@ func (s *Server) flushRefusals() {
 		case <-t.C:
 			s.writeCounts(s.refused.drain())
 		case <-s.done:
-			s.writeCounts(s.refused.drain())
 			return
 		}
 	}
@@ -221,6 +285,9 @@ func (s *Server) writeCounts(cs []count) {
 }
 
 func (s *Server) handshake(c net.Conn) {
+	if testHookHandshake != nil {
+		testHookHandshake()
+	}
 	var peer *x509.Certificate
 	cfg := s.tls.Clone()
 	cfg.VerifyConnection = func(cs tls.ConnectionState) error {
@@ -532,10 +599,10 @@ func (s *Server) prepare(rt route, r *http.Request) (*call, int, any) {
 			// The shutdown starts only once its result is recorded, and
 			// a moment later, so that the answer reaches the caller.
 			return 202, map[string]string{"result": "shutting down; the volumes will be crypto-erased"}, func() {
-				go func() {
+				safego.Go(nameShutdown, func() {
 					time.Sleep(200 * time.Millisecond)
 					s.o.Node.Shutdown("management API, by " + c.Subject.String())
-				}()
+				})
 			}
 		})
 	}
