@@ -147,6 +147,9 @@ type unsupportedError struct{ msg string }
 
 func (e unsupportedError) Error() string { return e.msg }
 
+// maxIterations bounds a keyslot's PBKDF2 iterations for Unlock.
+const maxIterations = 1 << 26
+
 func (h *Header) unlockSlot(dev io.ReaderAt, id string, passphrase, key []byte) error {
 	ks := h.Meta.Keyslots[id]
 	switch {
@@ -164,8 +167,12 @@ func (h *Header) unlockSlot(dev io.ReaderAt, id string, passphrase, key []byte) 
 	if len(key) != ks.KeySize {
 		return fmt.Errorf("luks2: keyslot %s holds a %d-byte key; buffer is %d bytes", id, ks.KeySize, len(key))
 	}
-	if ks.AF.Stripes < 1 || ks.KDF.Iterations < 1 {
-		return fmt.Errorf("luks2: keyslot %s has %d stripes and %d iterations", id, ks.AF.Stripes, ks.KDF.Iterations)
+	// Bounds from the header are untrusted: a stripe count whose product
+	// with the key size wraps would slice out of range, and an iteration
+	// count in the billions would hang the caller. cryptsetup always
+	// writes 4000 stripes; maxIterations is far above any benchmark's.
+	if ks.AF.Stripes != 4000 || ks.KDF.Iterations < 1 || ks.KDF.Iterations > maxIterations {
+		return fmt.Errorf("luks2: keyslot %s has %d stripes and %d iterations (want 4000 stripes and 1 to %d iterations)", id, ks.AF.Stripes, ks.KDF.Iterations, maxIterations)
 	}
 	afh, err := hashByName(ks.AF.Hash)
 	if err != nil {
