@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/bulwarkvm/bulwark/internal/pki"
+	"github.com/bulwarkvm/bulwark/internal/safego"
 	"github.com/bulwarkvm/bulwark/internal/secret"
 )
 
@@ -127,22 +128,50 @@ func Start(o Options) (*Manager, error) {
 		return nil, fmt.Errorf("ipsec: keying port: %w", err)
 	}
 	m.ln = ln
-	m.wg.Add(1)
-	go m.accept()
-	for _, p := range m.peers {
-		m.wg.Add(1)
-		go m.run(p)
-	}
+	m.startLoops()
 	return m, nil
+}
+
+// Test hooks, nil outside tests: each runs at the start of its goroutine
+// (testHookAccept and testHookRun at the start of their loops).
+var testHookAccept, testHookServe, testHookRun func()
+
+// startLoops starts the accept loop and a keying loop per peer. The
+// manager runs in PID1, where a panic would bring the node down: a panic
+// in a loop is reported and the loop runs again (after 1 s, doubling to
+// 30 s while it keeps panicking), with the peer's state as the panic left
+// it; a panic while one keying connection is served closes that
+// connection (docs/boot.md).
+func (m *Manager) startLoops() {
+	m.loop("ipsec accept", m.accept)
+	for _, p := range m.peers {
+		m.loop("ipsec keying with "+p.Name, func() { m.run(p) })
+	}
+}
+
+// loop runs fn in a goroutine that the wait group counts once, however
+// often a panic makes fn run again; it ends when fn returns or the
+// manager closes.
+func (m *Manager) loop(name string, fn func()) {
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		safego.Restart(name, m.done, func() error { fn(); return nil })
+	}()
 }
 
 // Close stops keying and removes every SA and policy.
 func (m *Manager) Close() error {
+	m.stopLoops()
+	m.removeAll()
+	return nil
+}
+
+// stopLoops ends the accept loop and the peers' keying loops.
+func (m *Manager) stopLoops() {
 	close(m.done)
 	m.ln.Close()
 	m.wg.Wait()
-	m.removeAll()
-	return nil
 }
 
 func (m *Manager) removeAll() {
@@ -177,7 +206,9 @@ func (m *Manager) RekeyAll() {
 // rekeys on time and volume, retries with backoff and retires old
 // generations after the grace period.
 func (m *Manager) run(p *peerState) {
-	defer m.wg.Done()
+	if testHookRun != nil {
+		testHookRun()
+	}
 	backoff := time.Second
 	for {
 		p.mu.Lock()
@@ -406,7 +437,9 @@ func (m *Manager) install(p *peerState, w *wire, cs tls.ConnectionState, initiat
 
 // accept serves keying connections from peers.
 func (m *Manager) accept() {
-	defer m.wg.Done()
+	if testHookAccept != nil {
+		testHookAccept()
+	}
 	for {
 		c, err := m.ln.Accept()
 		if err != nil {
@@ -418,12 +451,16 @@ func (m *Manager) accept() {
 			time.Sleep(100 * time.Millisecond)
 			continue
 		}
-		go m.serve(c)
+		// serve closes the connection however it ends.
+		safego.Go("ipsec keying connection", func() { m.serve(c) })
 	}
 }
 
 func (m *Manager) serve(raw net.Conn) {
 	defer raw.Close()
+	if testHookServe != nil {
+		testHookServe()
+	}
 	from := remoteAddr(raw)
 	i := slices.IndexFunc(m.peers, func(p *peerState) bool { return p.Addr == from })
 	if i < 0 {
