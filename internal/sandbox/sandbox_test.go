@@ -1,0 +1,82 @@
+package sandbox
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"syscall"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+// TestMain runs the confined child of TestApply when started as one.
+func TestMain(m *testing.M) {
+	if os.Getenv("BULWARK_SANDBOX_CHILD") == "1" {
+		os.Exit(child())
+	}
+	os.Exit(m.Run())
+}
+
+func child() int {
+	dir := os.Getenv("BULWARK_SANDBOX_DIR")
+	// /proc/self so that the child can report what the kernel says of it;
+	// in the node PID1 reads each service's status instead.
+	rep, err := Apply(Policy{ReadWrite: []string{dir}, ReadOnly: []string{"/proc/self/"}})
+	if err != nil {
+		fmt.Println("apply:", err)
+		return 1
+	}
+	self, err := ReadSelf("self")
+	b, _ := json.Marshal(map[string]any{"report": rep, "self": self, "err": fmt.Sprint(err)})
+	fmt.Println(string(b))
+	if _, err := os.ReadFile(dir + "/allowed"); err != nil {
+		fmt.Println("allowed file:", err)
+		return 1
+	}
+	_, err = os.ReadFile("/etc/hostname")
+	fmt.Println("outside:", err)
+	// A system call no service makes: the filter kills the process.
+	unix.Syscall(unix.SYS_UNSHARE, unix.CLONE_NEWNS, 0, 0)
+	fmt.Println("still alive after unshare")
+	return 0
+}
+
+// TestApply: a confined process has no_new_privs and seccomp mode 2, may
+// open what its policy names, and is killed (SIGSYS) by a system call
+// outside its filter.
+func TestApply(t *testing.T) {
+	dir := t.TempDir()
+	os.WriteFile(dir+"/allowed", []byte("ok"), 0o644)
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), "BULWARK_SANDBOX_CHILD=1", "BULWARK_SANDBOX_DIR="+dir)
+	out, err := cmd.CombinedOutput()
+	t.Logf("child:\n%s", out)
+	ee, ok := err.(*exec.ExitError)
+	if !ok {
+		t.Fatalf("the child was not killed: %v", err)
+	}
+	ws := ee.Sys().(syscall.WaitStatus)
+	if !ws.Signaled() || ws.Signal() != syscall.SIGSYS {
+		t.Fatalf("the child ended with %v, want killed by SIGSYS", ws)
+	}
+	if strings.Contains(string(out), "still alive") {
+		t.Fatal("the forbidden call returned")
+	}
+	var res struct {
+		Report Report
+		Self   Self
+	}
+	line, _, _ := strings.Cut(string(out), "\n")
+	if err := json.Unmarshal([]byte(line), &res); err != nil {
+		t.Fatalf("child's report %q: %v", line, err)
+	}
+	if res.Self.NoNewPrivs != "1" || res.Self.Seccomp != "2" {
+		t.Errorf("/proc/self/status: NoNewPrivs %q Seccomp %q, want 1 and 2", res.Self.NoNewPrivs, res.Self.Seccomp)
+	}
+	if strings.HasPrefix(res.Report.Landlock, "ABI") && !strings.Contains(string(out), "outside: open /etc/hostname: permission denied") {
+		t.Errorf("Landlock is %s but a file outside the policy was opened:\n%s", res.Report.Landlock, out)
+	}
+}
