@@ -16,6 +16,8 @@ import (
 	"sync"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/bulwarkvm/bulwark/internal/safego"
 )
 
 // A Loader loads modules from one kernel's module directory, each after
@@ -155,13 +157,26 @@ func (l *Loader) load(names []string, parallel bool) map[string]error {
 	return l.pass(retry, false)
 }
 
+// testHookWorker, nil outside tests, runs at the start of the work for
+// each module of a pass (in its goroutine when the pass is parallel).
+var testHookWorker func()
+
 func (l *Loader) pass(names []string, parallel bool) map[string]error {
 	failed := map[string]error{}
 	var mu sync.Mutex
 	var wg sync.WaitGroup
 	for _, n := range names {
+		// The init runs the loader in PID1, where a panic would bring
+		// the node down: a panic is this module's error instead, and the
+		// stage that needs it fails with it (docs/boot.md).
 		one := func() {
-			if err := l.loadName(n, parallel); err != nil {
+			err := safego.Call(loaderName(n), func() error {
+				if testHookWorker != nil {
+					testHookWorker()
+				}
+				return l.loadName(n, parallel)
+			})
+			if err != nil {
 				mu.Lock()
 				failed[n] = err
 				mu.Unlock()
@@ -179,6 +194,11 @@ func (l *Loader) pass(names []string, parallel bool) map[string]error {
 	}
 	wg.Wait()
 	return failed
+}
+
+// loaderName names the work for one module in panic reports and errors.
+func loaderName(module string) string {
+	return "loading module " + strings.ReplaceAll(module, "-", "_")
 }
 
 // loadName loads one module by name, dependencies first.
@@ -218,8 +238,12 @@ func (l *Loader) ensure(file string, parallel bool, stack []string) error {
 	l.inFlight[file] = f
 	l.mu.Unlock()
 
-	// A fresh array: sibling goroutines share stack.
-	f.err = l.depsThenFile(file, parallel, append(stack[:len(stack):len(stack)], file))
+	// A fresh array: sibling goroutines share stack. A panic is the
+	// load's error, so that every caller waiting for this file gets it
+	// (and none waits for ever), and the file is not marked loaded.
+	f.err = safego.Call(loaderName(moduleName(file)), func() error {
+		return l.depsThenFile(file, parallel, append(stack[:len(stack):len(stack)], file))
+	})
 
 	l.mu.Lock()
 	delete(l.inFlight, file)
@@ -243,7 +267,7 @@ func (l *Loader) depsThenFile(file string, parallel bool, stack []string) error 
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				errs[i] = l.ensure(d, parallel, stack)
+				errs[i] = safego.Call(loaderName(moduleName(d)), func() error { return l.ensure(d, parallel, stack) })
 			}()
 		}
 		wg.Wait()
