@@ -9,6 +9,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/bulwarkvm/bulwark/internal/safego"
 )
 
 // Linux input event constants (linux/input-event-codes.h).
@@ -39,7 +41,14 @@ func Watch(sysfs, devDir string, pressed chan<- struct{}) ([]string, error) {
 			return devs, fmt.Errorf("powerbutton: %w", err)
 		}
 		devs = append(devs, dev)
-		go read(f, pressed)
+		// The init watches the button in PID1, where a panic would
+		// bring the node down: a panic in the reader is reported and
+		// the reader runs again (after 1 s, doubling to 30 s), so the
+		// button keeps working (docs/boot.md).
+		go func() {
+			defer f.Close()
+			safego.Restart("power button "+dev, nil, func() error { read(f, pressed); return nil })
+		}()
 	}
 	if len(devs) == 0 {
 		return nil, fmt.Errorf("powerbutton: no input device named \"Power Button\" (are the button and evdev modules loaded?)")
@@ -47,8 +56,14 @@ func Watch(sysfs, devDir string, pressed chan<- struct{}) ([]string, error) {
 	return devs, nil
 }
 
+// testHookRead, nil outside tests, runs at the start of the reading loop.
+var testHookRead func()
+
+// read sends on pressed for every press it reads from f, until f fails.
 func read(f *os.File, pressed chan<- struct{}) {
-	defer f.Close()
+	if testHookRead != nil {
+		testHookRead()
+	}
 	buf := make([]byte, eventSize*16)
 	for {
 		n, err := f.Read(buf)
