@@ -7,6 +7,8 @@ import (
 	"io"
 	"sync"
 	"unicode/utf8"
+
+	"github.com/bulwarkvm/bulwark/internal/safego"
 )
 
 // MaxLine is the longest piece of an untrusted line (the workload's output,
@@ -47,7 +49,9 @@ const minLine = 2 * utf8.UTFMax
 // blocked by a slow or stuck emit, and never sees the pipe close while it
 // still has it open. If emit panics, the panic goes to CopyLines' caller
 // and the reading goroutine carries on draining r (discarding, counted)
-// until it ends.
+// until it ends. If the reading goroutine panics, the panic is reported
+// (safego), the rest of r is read and counted as dropped all the same,
+// and CopyLines returns an error naming the panic once r ends.
 //
 // CopyLines returns once r has ended and everything queued is emitted; the
 // error is r's, other than io.EOF.
@@ -137,20 +141,58 @@ func (q *queue) next() (piece, bool) {
 	return piece{}, false
 }
 
+// testHookFill, nil outside tests, runs at the start of the reading
+// goroutine.
+var testHookFill func()
+
 // fill is the reading goroutine: it splits r into pieces and queues them
-// until r ends. It calls nothing it does not own, so nothing but r can
-// hold it up.
+// until r ends, then marks the queue done. It calls nothing it does not
+// own, so nothing but r can hold it up. A panic while splitting is
+// reported (the init runs this in PID1, where it would bring the node
+// down); the rest of r is then read and dropped, counted, because the
+// writer must neither block on a full pipe nor see it closed while it
+// runs, and CopyLines returns an error naming the panic.
 func (q *queue) fill(r io.Reader, max int) {
-	var err error
-	defer func() {
-		if p := recover(); p != nil {
-			err = fmt.Errorf("bootlog: panic reading lines: %v", p)
+	err := safego.Call("bootlog line reader", func() error { return q.split(r, max) })
+	var pe *safego.PanicError
+	if errors.As(err, &pe) {
+		if derr := safego.Call("bootlog line reader", func() error { return q.discard(r) }); derr != nil {
+			err = fmt.Errorf("%w; reading on: %w", err, derr)
 		}
-		q.mu.Lock()
-		q.done, q.err = true, err
-		q.cond.Signal()
-		q.mu.Unlock()
-	}()
+		err = fmt.Errorf("bootlog: reading lines: %w; the rest was dropped", err)
+	}
+	q.mu.Lock()
+	q.done, q.err = true, err
+	q.cond.Signal()
+	q.mu.Unlock()
+}
+
+// discard reads r to its end, counting every byte as dropped.
+func (q *queue) discard(r io.Reader) error {
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := r.Read(buf)
+		if n > 0 {
+			q.mu.Lock()
+			q.dropped += int64(n)
+			q.cond.Signal()
+			q.mu.Unlock()
+		}
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+	}
+}
+
+// split splits r into pieces and queues them until r ends; the error is
+// r's, other than io.EOF.
+func (q *queue) split(r io.Reader, max int) error {
+	if testHookFill != nil {
+		testHookFill()
+	}
 	buf := make([]byte, 32<<10)
 	line := make([]byte, 0, max)
 	for {
@@ -189,9 +231,9 @@ func (q *queue) fill(r io.Reader, max int) {
 				q.put(string(line), len(line))
 			}
 			if !errors.Is(rerr, io.EOF) {
-				err = rerr
+				return rerr
 			}
-			return
+			return nil
 		}
 	}
 }
