@@ -3,6 +3,8 @@ package backup
 import (
 	"hash"
 	"runtime"
+
+	"github.com/bulwarkvm/bulwark/internal/safego"
 )
 
 // job is one chunk on its way through the workers. Jobs leave in the order
@@ -13,7 +15,7 @@ type job struct {
 	buf   []byte // plaintext then sealed chunk, or sealed chunk then plaintext
 	n     int    // bytes of input in buf
 	out   []byte // the result, inside buf
-	err   error
+	err   error  // the job failed (a chunk that does not verify, a panic)
 	done  chan struct{}
 }
 
@@ -35,13 +37,31 @@ func Workers(n int) int {
 	return n
 }
 
+// testHookWorker, nil outside tests, runs in a worker goroutine at the
+// start of each job.
+var testHookWorker func()
+
 func newPipeline(workers, bufSize int, c *chunker, fn func(c *chunker, mac hash.Hash, j *job)) *pipeline {
 	p := &pipeline{work: make(chan *job, workers), depth: 2*workers + 2, size: bufSize}
 	for range workers {
 		mac := c.newMAC()
 		go func() {
 			for j := range p.work {
-				fn(c, mac, j)
+				// Backups run in PID1, where a panic would bring the
+				// node down: a panic is the job's error instead, which
+				// fails the segment, and the worker serves on, so that
+				// no job is left unfinished for its waiter.
+				err := safego.Call("backup pipeline worker", func() error {
+					if testHookWorker != nil {
+						testHookWorker()
+					}
+					fn(c, mac, j)
+					return nil
+				})
+				if err != nil {
+					j.out, j.err = nil, err
+					mac.Reset() // whatever state the panic left it in
+				}
 				close(j.done)
 			}
 		}()

@@ -154,6 +154,9 @@ func (s *SegmentWriter) pushWith(final bool, next []byte) {
 
 func (s *SegmentWriter) drain() {
 	j := s.p.next()
+	if s.err == nil && j.err != nil {
+		s.err = j.err // a worker panicked: the segment fails
+	}
 	if s.err == nil {
 		var n int
 		n, s.err = s.w.Write(j.out)

@@ -12,6 +12,8 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/bulwarkvm/bulwark/internal/safego"
 )
 
 // Reading a source as root.
@@ -145,19 +147,30 @@ func readLink(parent *os.File, name, p string) (string, fs.FileInfo, error) {
 func Tree(dir string, skip ...string) io.ReadCloser {
 	pr, pw := io.Pipe()
 	go func() {
-		t := &treeWriter{tw: tar.NewWriter(pw), skip: skip}
-		root, err := openSourceDir(dir)
-		if err == nil {
-			err = t.root(root, dir)
-			root.Close()
-		}
-		if err == nil {
-			err = t.tw.Close()
-		}
+		// A panic (the walker runs in PID1) ends the stream with an
+		// error too, so the backup fails cleanly.
+		err := safego.Call("backup tree walker", func() error {
+			if testHookTree != nil {
+				testHookTree()
+			}
+			t := &treeWriter{tw: tar.NewWriter(pw), skip: skip}
+			root, err := openSourceDir(dir)
+			if err != nil {
+				return err
+			}
+			defer root.Close()
+			if err := t.root(root, dir); err != nil {
+				return err
+			}
+			return t.tw.Close()
+		})
 		pw.CloseWithError(err)
 	}()
 	return pr
 }
+
+// testHookTree, nil outside tests, runs at the start of Tree's goroutine.
+var testHookTree func()
 
 type treeWriter struct {
 	tw   *tar.Writer
