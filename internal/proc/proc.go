@@ -19,6 +19,8 @@ import (
 	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/bulwarkvm/bulwark/internal/safego"
 )
 
 // mu orders every fork against every wait. Start holds it from the fork
@@ -37,6 +39,9 @@ var (
 	// reapedHook, set only by tests, runs in the reaper for each pid it
 	// reaps, before the status is handed on (with mu held).
 	reapedHook atomic.Pointer[func(pid int)]
+	// signalHook, set only by tests, runs in the reaper for each SIGCHLD
+	// it receives, before it reaps.
+	signalHook atomic.Pointer[func()]
 )
 
 // StartReaper starts reaping children on SIGCHLD. Call it once, early in
@@ -47,11 +52,19 @@ func StartReaper() {
 	mu.Unlock()
 	ch := make(chan os.Signal, 16)
 	signal.Notify(ch, syscall.SIGCHLD)
-	go func() {
+	// A panic here would end PID1. The reaper instead runs again after
+	// a pause (1 s, doubling to 30 s), and each run reaps first: SIGCHLDs
+	// coalesce, so the one the panicking run took may stand for children
+	// that nothing else will announce (docs/boot.md).
+	safego.Loop("reaper", nil, func() {
+		reap()
 		for range ch {
+			if h := signalHook.Load(); h != nil {
+				(*h)()
+			}
 			reap()
 		}
-	}()
+	})
 }
 
 func reap() {
@@ -110,12 +123,11 @@ func Run(ctx context.Context, argv ...string) ([]byte, error) {
 		return nil, err
 	}
 	outc := make(chan []byte, 1)
-	go func() {
+	safego.Go("child output reader", func() {
 		var b bytes.Buffer
+		defer func() { pr.Close(); outc <- b.Bytes() }() // also after a panic: Run waits for it
 		b.ReadFrom(pr)
-		pr.Close()
-		outc <- b.Bytes()
-	}()
+	})
 	var st unix.WaitStatus
 	select {
 	case <-p.Done():
@@ -204,7 +216,8 @@ func Start(s Spec) (*Process, error) {
 		return nil, fmt.Errorf("%s: %w", s.Argv[0], err)
 	}
 	proc := &Process{p: p, done: make(chan struct{})}
-	go func() {
+	safego.Go("child waiter", func() {
+		defer close(proc.done) // also after a panic: Done must not stay open
 		if r {
 			proc.st = <-done
 		} else {
@@ -213,8 +226,7 @@ func Start(s Spec) (*Process, error) {
 				proc.st = unix.WaitStatus(ps.Sys().(syscall.WaitStatus))
 			}
 		}
-		close(proc.done)
-	}()
+	})
 	return proc, nil
 }
 

@@ -1,0 +1,50 @@
+package proc
+
+import (
+	"context"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/bulwarkvm/bulwark/internal/safego"
+)
+
+// TestPanicInReaper: the reaper runs again after a panic (after 1 s) and
+// reaps the child whose SIGCHLD the panicking run took, so the Run waiting
+// for it still returns.
+func TestPanicInReaper(t *testing.T) {
+	reaper(t)
+	reports := make(chan safego.Report, 4)
+	prev := safego.SetReporter(func(r safego.Report) { reports <- r })
+	t.Cleanup(func() { safego.SetReporter(prev) })
+	var n atomic.Int32
+	hook := func() {
+		if n.Add(1) == 1 {
+			panic("injected")
+		}
+	}
+	signalHook.Store(&hook)
+	t.Cleanup(func() { signalHook.Store(nil) })
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	t0 := time.Now()
+	if out, err := Run(ctx, "sh", "-c", "echo still reaped"); err != nil || string(out) != "still reaped\n" {
+		t.Fatalf("Run after the reaper's panic: %q, %v", out, err)
+	}
+	if d := time.Since(t0); d > 5*time.Second {
+		t.Errorf("Run took %s", d)
+	}
+	select {
+	case r := <-reports:
+		if r.Name != "reaper" || r.Value != "injected" || r.Restart != time.Second || !strings.Contains(r.Stack, "TestPanicInReaper") {
+			t.Fatalf("report %+v", r)
+		}
+	default:
+		t.Fatal("the reaper's panic was not reported")
+	}
+	if _, err := Run(ctx, "true"); err != nil {
+		t.Fatalf("a later Run: %v", err)
+	}
+}
