@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
@@ -8,6 +9,9 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
+
+	"github.com/spf13/cobra"
 
 	"github.com/bulwarkvm/bulwark/internal/config"
 	"github.com/bulwarkvm/bulwark/internal/tpm"
@@ -20,64 +24,110 @@ type attestRecord struct {
 	Quote *tpm.Quote `json:"response"`
 }
 
-// attestCommand asks a node for a quote over a fresh nonce and verifies
-// it; `attest verify FILE` verifies a saved one offline.
-func attestCommand(args []string, stdout io.Writer) error {
-	if len(args) > 0 && args[0] == "verify" {
-		return attestVerifyFile(args[1:], stdout)
+func attestCmd() *cobra.Command {
+	var cfg, pin, save string
+	c := &cobra.Command{
+		Use:   "attest",
+		Short: "Ask a node for a TPM quote over a fresh nonce and check it",
+		Long: `Sends the node a fresh random nonce and checks its TPM's answer (any role):
+the quote's signature by the node's attestation key (pinned with --ak),
+that it is over this nonce, PCR 15 replayed from the event log, and, with
+--config, the config digest against the config the node should run (the
+full file or its redacted form, bulwarkctl config redact: both give the
+digest the node measured). Prints what matched and what did not; exit 1
+on any mismatch. --save keeps the answer for attest verify.`,
+		Example: `  bulwarkctl attest --config the-config-it-should-run.json --ak 3b0c… --node 10.0.0.10:9443 --ca ca.pem --cert auditor.pem --key auditor.key
+  bulwarkctl attest --config redacted.json --save answer.json`,
+		Args: noArgs,
 	}
-	fs := newFlags("attest")
-	nf := addNodeFlags(fs)
-	cfg := fs.String("config", "", "the config the node should have booted with: the full file or its redacted form")
-	pin := fs.String("ak", "", "the node's attestation key fingerprint (sha256 hex) to require")
-	save := fs.String("save", "", "write the nonce and the node's answer to this file")
-	c, err := connect(fs, nf, args)
-	if err != nil {
-		return err
-	}
-	nonce := make([]byte, 32)
-	rand.Read(nonce)
-	b, _, err := c.call("POST", "/v1/attest", map[string]string{"nonce": hex.EncodeToString(nonce)})
-	if err != nil {
-		return err
-	}
-	var q tpm.Quote
-	if err := json.Unmarshal(b, &q); err != nil {
-		return fmt.Errorf("the node's answer does not parse: %w", err)
-	}
-	rec := attestRecord{Nonce: hex.EncodeToString(nonce), Quote: &q}
-	if *save != "" {
-		out, _ := json.MarshalIndent(rec, "", "  ")
-		if err := os.WriteFile(*save, out, 0o644); err != nil {
+	nf := addNodeFlags(c, "print the checks as JSON")
+	c.Flags().StringVar(&cfg, "config", "", "the config `FILE` the node should have booted with: the full file or its redacted form")
+	c.Flags().StringVar(&pin, "ak", "", "the node's attestation key `FINGERPRINT` (sha256 hex) to require")
+	c.Flags().StringVar(&save, "save", "", "write the nonce and the node's answer to this `FILE`")
+	c.RunE = func(cmd *cobra.Command, args []string) error {
+		cl, err := nf.client()
+		if err != nil {
 			return err
 		}
+		nonce := make([]byte, 32)
+		rand.Read(nonce)
+		b, _, err := cl.call("POST", "/v1/attest", map[string]string{"nonce": hex.EncodeToString(nonce)})
+		if err != nil {
+			return err
+		}
+		var q tpm.Quote
+		if err := json.Unmarshal(b, &q); err != nil {
+			return fmt.Errorf("the node's answer does not parse: %w", err)
+		}
+		rec := attestRecord{Nonce: hex.EncodeToString(nonce), Quote: &q}
+		if save != "" {
+			out, _ := json.MarshalIndent(rec, "", "  ")
+			if err := os.WriteFile(save, out, 0o644); err != nil {
+				return err
+			}
+		}
+		return reportAttestation(rec, cfg, pin, nf.json, cmd.OutOrStdout())
 	}
-	return checkAttestation(rec, *cfg, *pin, stdout)
+	c.AddCommand(attestVerifyCmd())
+	return c
 }
 
-func attestVerifyFile(args []string, stdout io.Writer) error {
-	fs := newFlags("attest verify")
-	cfg := fs.String("config", "", "the config the node should have booted with: the full file or its redacted form")
-	pin := fs.String("ak", "", "the attestation key fingerprint to require")
-	nonce := fs.String("nonce", "", "the nonce the answer must be for (default: the one saved with it)")
-	if err := parse(fs, args); err != nil {
+func attestVerifyCmd() *cobra.Command {
+	var cfg, pin, nonce string
+	var asJSON bool
+	c := &cobra.Command{
+		Use:   "verify FILE",
+		Short: "Check a saved attestation answer (attest --save) offline",
+		Long: `Checks an answer saved with attest --save, as attest does: signature,
+nonce (the one saved with it, or --nonce), PCR 15 replayed from the event
+log, and the config digest with --config.`,
+		Example: `  bulwarkctl attest verify answer.json --config redacted.json --ak 3b0c…
+  bulwarkctl attest verify answer.json --nonce 9f86… --json`,
+		Args: exactArgs(1, "give the saved answer's file"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			b, err := os.ReadFile(args[0])
+			if err != nil {
+				return err
+			}
+			var rec attestRecord
+			if err := json.Unmarshal(b, &rec); err != nil || rec.Quote == nil {
+				return fmt.Errorf("%s is not a saved attestation (bulwarkctl attest --save writes one): %v", args[0], err)
+			}
+			if nonce != "" {
+				rec.Nonce = nonce
+			}
+			return reportAttestation(rec, cfg, pin, asJSON, cmd.OutOrStdout())
+		},
+	}
+	c.Flags().StringVar(&cfg, "config", "", "the config `FILE` the node should have booted with: the full file or its redacted form")
+	c.Flags().StringVar(&pin, "ak", "", "the attestation key `FINGERPRINT` to require")
+	c.Flags().StringVar(&nonce, "nonce", "", "the nonce (hex) the answer must be for (default: the one saved with it)")
+	c.Flags().BoolVar(&asJSON, "json", false, "print the checks as JSON")
+	return c
+}
+
+// reportAttestation runs the checks and prints them as text, or as JSON
+// (the same lines, with a verdict).
+func reportAttestation(rec attestRecord, cfgFile, pin string, asJSON bool, stdout io.Writer) error {
+	if !asJSON {
+		return checkAttestation(rec, cfgFile, pin, stdout)
+	}
+	var text bytes.Buffer
+	err := checkAttestation(rec, cfgFile, pin, &text)
+	var ue usageError
+	if errors.As(err, &ue) {
 		return err
 	}
-	if fs.NArg() != 1 {
-		return usageError{"attest verify: give the saved answer's file"}
+	res := map[string]any{"ok": err == nil, "checks": strings.Split(strings.TrimSuffix(text.String(), "\n"), "\n")}
+	if rec.Quote != nil {
+		res["pcr"] = rec.Quote.PCR
+		res["pcr_sha256"] = rec.Quote.PCRSHA256
+		res["events"] = rec.Quote.Events
 	}
-	b, err := os.ReadFile(fs.Arg(0))
-	if err != nil {
-		return err
+	if perr := printJSON(stdout, res); perr != nil {
+		return perr
 	}
-	var rec attestRecord
-	if err := json.Unmarshal(b, &rec); err != nil || rec.Quote == nil {
-		return fmt.Errorf("%s is not a saved attestation: %v", fs.Arg(0), err)
-	}
-	if *nonce != "" {
-		rec.Nonce = *nonce
-	}
-	return checkAttestation(rec, *cfg, *pin, stdout)
+	return err
 }
 
 // checkAttestation prints what matched and what did not; any mismatch is
