@@ -23,6 +23,7 @@ import (
 	"github.com/bulwarkvm/bulwark/internal/ipsec"
 	"github.com/bulwarkvm/bulwark/internal/kmod"
 	"github.com/bulwarkvm/bulwark/internal/proc"
+	"github.com/bulwarkvm/bulwark/internal/safego"
 	"github.com/bulwarkvm/bulwark/internal/tpm"
 	"github.com/bulwarkvm/bulwark/internal/volume"
 )
@@ -53,7 +54,9 @@ type boot struct {
 	// once a data volume is mounted.
 	audit     *audit.Log
 	auditFile string
-	doors     []door
+	// services are the supervised processes; frontDoor is one of them.
+	services  []*service
+	frontDoor *service
 	volumes   []*volume.Volume
 	ipsec     *ipsec.Manager
 	backups   *backups
@@ -112,6 +115,11 @@ func newBoot() *boot {
 		shutdown:  make(chan string, 1),
 		gcPercent: debug.SetGCPercent(bootGCPercent),
 	}
+	// Every goroutine of this process recovers from a panic
+	// (internal/safego, goSafe): from here on each one is logged and
+	// audited, at a bounded rate, before what docs/boot.md says follows.
+	b.audit = audit.New(auditEcho(b.log))
+	safego.SetReporter(safego.Limited(b.reportPanic))
 	// Watch signals from the first instant, so that even a node halted
 	// by an early failure can be powered off.
 	sigs := make(chan os.Signal, 4)
@@ -125,7 +133,6 @@ func newBoot() *boot {
 	_ = unix.Reboot(unix.LINUX_REBOOT_CMD_CAD_OFF)
 	proc.StartReaper()
 	b.log.Info("starting", "pid", os.Getpid())
-	b.audit = audit.New(auditEcho(b.log))
 	b.audit.Append(audit.KindBoot, "", "", "init started", "ok")
 	return b
 }
@@ -186,18 +193,45 @@ func (b *boot) onShutdownBefore(before, name string, share time.Duration, fn fun
 	return fmt.Errorf("no teardown step %q for %q to run before", before, name)
 }
 
-// goSafe runs fn in a goroutine; a panic in it halts the node instead of
-// crashing PID1 (which the kernel would turn into a panic).
+// goSafe runs one of the init's own goroutines; a panic in it is
+// reported (reportPanic), then shuts the node down in order instead of
+// crashing PID1 (which the kernel would turn into a panic): the init has no
+// way to carry on without one of its own goroutines.
 func (b *boot) goSafe(name string, fn func()) {
 	go func() {
-		defer func() {
-			if r := recover(); r != nil {
-				b.log.Log(context.Background(), bootlog.LevelFatal, fmt.Sprintf("panic in %s: %v", name, r), "stack", string(debug.Stack()))
-				b.requestShutdown("panic in " + name)
-			}
-		}()
-		fn()
+		if err := safego.Call(name, func() error { fn(); return nil }); err != nil {
+			b.log.Log(context.Background(), bootlog.LevelFatal, err.Error()+"; shutting down")
+			b.requestShutdown("panic in " + name)
+		}
 	}()
+}
+
+// auditKindPanic is the audit records' kind for recovered panics.
+const auditKindPanic = "panic"
+
+// reportPanic is the process's panic reporter (safego.SetReporter): an
+// ERROR line with the stack, and an audit record of kind "panic", result
+// "recovered". What follows is the goroutine's own documented behaviour
+// (docs/boot.md): a connection dropped, a loop run again, an error for its
+// waiter, or for the init's own goroutines a shutdown.
+func (b *boot) reportPanic(r safego.Report) {
+	msg := "panic in " + r.Name + ": " + r.Value
+	attrs := []any{"stack", r.Stack}
+	result := "recovered"
+	if r.Restart > 0 {
+		attrs = append(attrs, "runs_again_in", r.Restart.String())
+	}
+	if r.Suppressed > 0 {
+		attrs = append(attrs, "unreported_before", r.Suppressed)
+		result = fmt.Sprintf("recovered; %d more in %s not recorded before this one", r.Suppressed, r.Name)
+	}
+	b.log.Error(msg, attrs...)
+	if b.audit == nil {
+		return
+	}
+	if _, err := b.audit.Append(auditKindPanic, "", "", msg, result); err != nil {
+		b.log.Error("audit: a recovered panic was not recorded", "err", err)
+	}
 }
 
 func (b *boot) recoverPanic() {

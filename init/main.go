@@ -10,6 +10,9 @@ import (
 )
 
 func main() {
+	if len(os.Args) > 0 && os.Args[0] == serviceArgv0 {
+		os.Exit(runService(os.Args)) // a service's process (service.go)
+	}
 	if os.Getpid() != 1 {
 		fmt.Fprintln(os.Stderr, "bulwark init: must run as PID 1 (it mounts file systems and powers the machine off)")
 		os.Exit(2)

@@ -2,15 +2,14 @@ package main
 
 import (
 	"context"
-	"crypto/tls"
 	"fmt"
 	"strings"
 	"time"
 
-	"github.com/bulwarkvm/bulwark/internal/config"
 	"github.com/bulwarkvm/bulwark/internal/firewall"
 	"github.com/bulwarkvm/bulwark/internal/frontdoor"
 	"github.com/bulwarkvm/bulwark/internal/mgmt"
+	fdsvc "github.com/bulwarkvm/bulwark/services/frontdoor"
 )
 
 // startServices opens the TLS front door on each configured client port
@@ -23,28 +22,12 @@ func startServices(b *boot) (string, error) {
 	}
 	cert, ca := b.nodeCert, b.projectCA
 	var parts []string
-	for _, fd := range b.cfg.FrontDoor {
-		s, err := frontdoor.Listen(frontdoor.Options{
-			Addr:         fmt.Sprintf(":%d", fd.Port),
-			Protocol:     fd.Protocol,
-			Backend:      fd.Backend,
-			TLS:          &tls.Config{Certificates: []tls.Certificate{cert}},
-			MaxPerSource: fd.MaxPerSource,
-			MaxConns:     fd.MaxConnections,
-			IdleTimeout:  time.Duration(fd.IdleTimeoutSeconds) * time.Second,
-			Log:          b.log,
-		})
+	if len(b.cfg.FrontDoor) > 0 {
+		detail, err := b.startFrontDoor()
 		if err != nil {
-			return "", fmt.Errorf("services: front door on port %d: %w", fd.Port, err)
+			return "", err
 		}
-		b.goSafe(fmt.Sprintf("front door %d", fd.Port), func() {
-			if err := s.Serve(); err != nil {
-				b.log.Error("front door stopped", "port", fd.Port, "err", err)
-			}
-		})
-		b.doors = append(b.doors, door{fd, s})
-		b.onShutdownWithin(fmt.Sprintf("close front door %d", fd.Port), 5*time.Second, false, func(context.Context) error { return s.Close() })
-		parts = append(parts, fmt.Sprintf("front door %d (%s) -> %s", fd.Port, fd.Protocol, fd.Backend))
+		parts = append(parts, detail)
 	}
 	port := b.cfg.Firewall.EffectiveManagementPort()
 	m, err := mgmt.Listen(mgmt.Options{
@@ -69,12 +52,6 @@ func startServices(b *boot) (string, error) {
 	return strings.Join(parts, "; "), nil
 }
 
-// door is a running front door with its config.
-type door struct {
-	cfg config.FrontDoor
-	srv *frontdoor.Server
-}
-
 // The management API acts on the node through these methods.
 
 // Status is what GET /v1/status returns.
@@ -90,6 +67,7 @@ func (b *boot) Status() any {
 		Protocol string `json:"protocol"`
 		frontdoor.Stats
 	}
+	type svc = serviceStatus
 	st := struct {
 		Hostname   string      `json:"hostname"`
 		Config     string      `json:"config_sha256"`
@@ -98,6 +76,7 @@ func (b *boot) Status() any {
 		Firewall   []string    `json:"firewall"`
 		Volumes    []string    `json:"volumes"`
 		FrontDoors []frontDoor `json:"front_doors"`
+		Services   []svc       `json:"services"`
 		IPsec      any         `json:"ipsec"`
 		Backups    string      `json:"backups"`
 		TPM        string      `json:"tpm"`
@@ -121,8 +100,26 @@ func (b *boot) Status() any {
 	for _, v := range b.volumes {
 		st.Volumes = append(st.Volumes, v.Summary())
 	}
-	for _, d := range b.doors {
-		st.FrontDoors = append(st.FrontDoors, frontDoor{d.cfg.Port, d.cfg.Protocol, d.srv.Stats()})
+	for _, s := range b.services {
+		st.Services = append(st.Services, s.status())
+	}
+	if b.frontDoor != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		var stats []fdsvc.DoorStats
+		err := b.frontDoor.call(ctx, fdsvc.OpStats, nil, &stats)
+		cancel()
+		for _, fd := range b.cfg.FrontDoor {
+			d := frontDoor{Port: fd.Port, Protocol: fd.Protocol}
+			for _, s := range stats {
+				if s.Port == fd.Port {
+					d.Stats = s.Stats
+				}
+			}
+			if err != nil {
+				d.Protocol += " (no answer from the front door: " + err.Error() + ")"
+			}
+			st.FrontDoors = append(st.FrontDoors, d)
+		}
 	}
 	if b.ipsec != nil {
 		st.IPsec = b.ipsec.Status()

@@ -99,7 +99,7 @@ func TestTeardownBound(t *testing.T) {
 
 	console := vm.Console()
 	for _, want := range []string{
-		`bulwark: teardown step="close front door 5432"`,
+		`bulwark: teardown step="stop service frontdoor"`,
 		`bulwark: ERROR: teardown step cut short step="stop backups"`,
 		`bulwark: teardown step="crypto-erase volume data"`,
 		`bulwark: teardown step="crypto-erase volume wal"`,

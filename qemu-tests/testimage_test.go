@@ -62,6 +62,9 @@ func buildTestImage(base harness.Image) (harness.Image, error) {
 		{"stubborn", "build", "./qemu-tests/testdata/stubborn"},
 		{"volume.test", "test", "-c", "-tags", "guest", "./internal/volume"},
 		{"ipsec.test", "test", "-c", "-tags", "guest", "./internal/ipsec"},
+		// The init with its test hooks (TestServiceIsolation); the
+		// production image's init has none.
+		{"init", "build", "-tags", "bulwarktest", "./init"},
 	} {
 		if err := build(b[0], b[1:]...); err != nil {
 			return harness.Image{}, err
@@ -76,7 +79,8 @@ func buildTestImage(base harness.Image) (harness.Image, error) {
 		OutDir:     out,
 		SourceDir:  src,
 		ExtraTools: []string{"/usr/sbin/cryptsetup", "/usr/sbin/ip"},
-		ExtraFiles: extra,
+		ExtraFiles: extraWithout(extra, testBin+"/init"),
+		InitBinary: extra[testBin+"/init"],
 		SkipDisk:   true,
 	})
 	if err != nil {
@@ -87,6 +91,17 @@ func buildTestImage(base harness.Image) (harness.Image, error) {
 	img.Initramfs = filepath.Join(out, "initramfs.img")
 	img.Disk = ""
 	return img, nil
+}
+
+// extraWithout is m less key.
+func extraWithout(m map[string]string, key string) map[string]string {
+	out := map[string]string{}
+	for k, v := range m {
+		if k != key {
+			out[k] = v
+		}
+	}
+	return out
 }
 
 type buildError struct {

@@ -30,6 +30,10 @@ const (
 	MaxFDs     = 4
 )
 
+// OpReady is what every service calls once it has confined itself and
+// serves; its argument is the service's sandbox.Report.
+const OpReady = "service.ready"
+
 // ErrClosed is returned by calls on a closed or broken connection.
 var ErrClosed = errors.New("control: connection closed")
 

@@ -66,7 +66,10 @@ const RequiredMessage = "bulwark: TLS is required on this port: connect with ssl
 
 // Options configure one front door.
 type Options struct {
-	Addr             string // listen address, such as ":5432"
+	Addr string // listen address, such as ":5432"
+	// Listener, when set, is used instead of listening on Addr: the
+	// front door's process gets its listening socket from PID1.
+	Listener         net.Listener
 	Protocol         string // Postgres or TLS
 	Backend          string // "127.0.0.1:5433" or "unix:/path"
 	TLS              *tls.Config
@@ -147,9 +150,12 @@ func Listen(o Options) (*Server, error) {
 	if o.Protocol == Postgres {
 		cfg.NextProtos = []string{"postgresql"}
 	}
-	ln, err := net.Listen("tcp", o.Addr)
-	if err != nil {
-		return nil, fmt.Errorf("frontdoor: %w", err)
+	ln := o.Listener
+	if ln == nil {
+		var err error
+		if ln, err = net.Listen("tcp", o.Addr); err != nil {
+			return nil, fmt.Errorf("frontdoor: %w", err)
+		}
 	}
 	return &Server{o: o, ln: ln, tls: cfg, perSrc: map[netip.Addr]int{}, conns: map[net.Conn]struct{}{},
 		done: make(chan struct{}), name: "front door " + ln.Addr().String()}, nil

@@ -606,6 +606,9 @@ func (s *Server) prepare(rt route, r *http.Request) (*call, int, any) {
 			}
 		})
 	}
+	if c, code, body, ok := s.prepareTest(rt, r); ok {
+		return c, code, body
+	}
 	return nil, 404, map[string]string{"error": "no such call"}
 }
 

@@ -162,6 +162,13 @@ type Spec struct {
 	// always /dev/null.
 	Stdout *os.File
 	Stderr *os.File
+	// Path is the program to run; default Argv[0] looked up in PATH.
+	Path string
+	// ExtraFiles become the child's descriptors 3, 4, ...
+	ExtraFiles []*os.File
+	// AmbientCaps are the capabilities a non-root child keeps across exec
+	// (CAP_* numbers); none by default.
+	AmbientCaps []uintptr
 }
 
 // Process is a child started by Start.
@@ -177,9 +184,12 @@ func Start(s Spec) (*Process, error) {
 	if len(s.Argv) == 0 {
 		return nil, fmt.Errorf("proc: empty command")
 	}
-	path, err := exec.LookPath(s.Argv[0])
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", s.Argv[0], err)
+	path := s.Path
+	if path == "" {
+		var err error
+		if path, err = exec.LookPath(s.Argv[0]); err != nil {
+			return nil, fmt.Errorf("%s: %w", s.Argv[0], err)
+		}
 	}
 	devnull, err := os.OpenFile(os.DevNull, os.O_RDWR, 0)
 	if err != nil {
@@ -201,13 +211,14 @@ func Start(s Spec) (*Process, error) {
 	sys := &syscall.SysProcAttr{Setsid: true}
 	if s.UID != 0 {
 		sys.Credential = &syscall.Credential{Uid: s.UID, Gid: s.GID, Groups: []uint32{}}
+		sys.AmbientCaps = s.AmbientCaps
 	}
 	done := make(chan unix.WaitStatus, 1)
 	// The fork and the registration under one hold of mu: the reaper
 	// cannot wait for this child until it is registered (see mu).
 	mu.Lock()
 	r := reaping
-	p, err := os.StartProcess(path, s.Argv, &os.ProcAttr{Dir: s.Dir, Files: []*os.File{devnull, out, errOut}, Env: env, Sys: sys})
+	p, err := os.StartProcess(path, s.Argv, &os.ProcAttr{Dir: s.Dir, Files: append([]*os.File{devnull, out, errOut}, s.ExtraFiles...), Env: env, Sys: sys})
 	if err == nil && r {
 		waiters[p.Pid] = done
 	}

@@ -1,0 +1,301 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/bulwarkvm/bulwark/internal/audit"
+	"github.com/bulwarkvm/bulwark/internal/bootlog"
+	"github.com/bulwarkvm/bulwark/internal/control"
+	"github.com/bulwarkvm/bulwark/internal/proc"
+	"github.com/bulwarkvm/bulwark/internal/sandbox"
+)
+
+// A service is a network-facing part of the node in a process of its own:
+// the init binary started again with the role argv[0] = serviceArgv0 and
+// argv[1] = its name (service.go), under its own uid and gid, with no
+// capabilities unless it lists some. PID1 talks to it over a control
+// socket (internal/control) and restarts it with backoff when it exits.
+type service struct {
+	name     string
+	uid, gid uint32
+	caps     []uintptr
+	// files makes the descriptors the service gets after its control
+	// socket (descriptor 3): 4, 5, ... PID1 closes its copies once the
+	// process has them.
+	files func() ([]*os.File, error)
+	// handlers are the operations the service may ask PID1 for.
+	handlers map[string]control.Handler
+
+	ready chan struct{} // closed at the first control.OpReady
+	stop  chan struct{}
+
+	mu       sync.Mutex
+	p        *proc.Process
+	peer     *control.Peer
+	restarts int
+	state    string
+	lastExit string
+	sandbox  sandbox.Report
+	readyAt  time.Time
+}
+
+const serviceArgv0 = "bulwark-service"
+
+// Restart backoff: 1 s, doubling to 30 s; back to 1 s after a process
+// that ran for a minute.
+const (
+	restartFirst  = time.Second
+	restartMax    = 30 * time.Second
+	restartStable = time.Minute
+)
+
+// supervise starts the service and keeps it running until the teardown
+// stops it. It waits up to wait for the first start to say it is ready.
+func (b *boot) supervise(s *service, wait time.Duration) error {
+	s.ready = make(chan struct{})
+	s.stop = make(chan struct{})
+	s.state = "starting"
+	if s.handlers == nil {
+		s.handlers = map[string]control.Handler{}
+	}
+	var once sync.Once
+	s.handlers[control.OpReady] = func(_ context.Context, raw json.RawMessage, _ []*os.File) (any, []*os.File, error) {
+		var rep sandbox.Report
+		if err := control.Decode(raw, &rep); err != nil {
+			return nil, nil, err
+		}
+		s.mu.Lock()
+		s.sandbox, s.state, s.readyAt = rep, "running", time.Now()
+		s.mu.Unlock()
+		once.Do(func() { close(s.ready) })
+		return nil, nil, nil
+	}
+	started := make(chan error, 1)
+	b.goSafe("supervisor "+s.name, func() { b.superviseLoop(s, started) })
+	if err := <-started; err != nil {
+		return err
+	}
+	select {
+	case <-s.ready:
+		return nil
+	case <-time.After(wait):
+		s.mu.Lock()
+		last := s.lastExit
+		s.mu.Unlock()
+		return fmt.Errorf("service %s: not ready after %s (%s)", s.name, wait, last)
+	}
+}
+
+func (b *boot) superviseLoop(s *service, started chan<- error) {
+	backoff := restartFirst
+	first := true
+	for {
+		t0 := time.Now()
+		p, err := b.startService(s)
+		if first {
+			started <- err
+			first = false
+			if err != nil {
+				return
+			}
+		}
+		if err != nil {
+			b.log.Error("service: start failed", "service", s.name, "err", err)
+		} else {
+			select {
+			case <-p.Done():
+			case <-s.stop:
+				return
+			}
+			st := p.Status()
+			why := exitString(st)
+			s.mu.Lock()
+			s.peer.Close()
+			s.restarts++
+			s.lastExit, s.state = why, "restarting"
+			n := s.restarts
+			s.mu.Unlock()
+			if time.Since(t0) >= restartStable {
+				backoff = restartFirst
+			}
+			b.log.Warn(fmt.Sprintf("service %s: %s; restarting in %s", s.name, why, backoff), "restarts", n)
+			b.audit.Append(audit.KindBoot, "", "", fmt.Sprintf("service %s %s (restart %d)", s.name, why, n), "restarting")
+		}
+		select {
+		case <-s.stop:
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, restartMax)
+	}
+}
+
+func exitString(st unix.WaitStatus) string {
+	if st.Signaled() {
+		return "killed by signal " + st.Signal().String()
+	}
+	return fmt.Sprintf("exited with status %d", st.ExitStatus())
+}
+
+// startService starts one process of s.
+func (b *boot) startService(s *service) (*proc.Process, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	var files []*os.File
+	if s.files != nil {
+		if files, err = s.files(); err != nil {
+			return nil, fmt.Errorf("service %s: %w", s.name, err)
+		}
+	}
+	defer closeFiles(files)
+	mine, theirs, err := control.Pair()
+	if err != nil {
+		return nil, err
+	}
+	defer theirs.Close()
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		mine.Close()
+		return nil, err
+	}
+	p, err := proc.Start(proc.Spec{
+		Path: exe, Argv: []string{serviceArgv0, s.name, strconv.Itoa(len(files))},
+		UID: s.uid, GID: s.gid, AmbientCaps: s.caps, Dir: "/",
+		Stdout: pw, Stderr: pw, ExtraFiles: append([]*os.File{theirs}, files...),
+	})
+	pw.Close()
+	if err != nil {
+		mine.Close()
+		pr.Close()
+		return nil, fmt.Errorf("service %s: %w", s.name, err)
+	}
+	// Its output is untrusted: the console gets it through the escaping
+	// log path, each line prefixed with the service's name.
+	b.goSafe("service output "+s.name, func() {
+		bootlog.CopyLines(pr, bootlog.MaxLine, func(l string) { b.log.Info(s.name + ": " + l) })
+		pr.Close()
+	})
+	peer, err := control.New(mine, control.Options{
+		Name: s.name, Want: control.Creds{Pid: int32(p.Pid()), UID: s.uid}, Handlers: s.handlers,
+		OnReject: func(reason string) {
+			b.log.Warn(reason)
+			b.audit.Append(audit.KindBoot, "service "+s.name, "", reason, "refused")
+		},
+	})
+	if err != nil {
+		p.Signal(syscall.SIGKILL)
+		return nil, err
+	}
+	b.goSafe("control "+s.name, func() {
+		if err := peer.Serve(context.Background()); err != nil {
+			b.log.Warn("service control socket", "service", s.name, "err", err)
+		}
+	})
+	s.mu.Lock()
+	s.p, s.peer = p, peer
+	s.mu.Unlock()
+	return p, nil
+}
+
+func closeFiles(fs []*os.File) {
+	for _, f := range fs {
+		f.Close()
+	}
+}
+
+// stopService is the service's teardown step: no more restarts, SIGTERM,
+// SIGKILL when its share is spent.
+func (s *service) stopService(ctx context.Context) error {
+	close(s.stop)
+	s.mu.Lock()
+	p, peer := s.p, s.peer
+	s.mu.Unlock()
+	if p == nil {
+		return nil
+	}
+	p.Signal(syscall.SIGTERM)
+	if peer != nil {
+		peer.Close()
+	}
+	select {
+	case <-p.Done():
+		return nil
+	case <-ctx.Done():
+	}
+	p.Signal(syscall.SIGKILL)
+	select {
+	case <-p.Done():
+	case <-time.After(time.Second):
+	}
+	return fmt.Errorf("service %s did not stop on SIGTERM; killed: %w", s.name, errCutShort)
+}
+
+// call asks the running service for op.
+func (s *service) call(ctx context.Context, op string, args, result any) error {
+	s.mu.Lock()
+	peer := s.peer
+	s.mu.Unlock()
+	if peer == nil {
+		return errors.New("service " + s.name + " is not running")
+	}
+	fds, err := peer.Call(ctx, op, args, result)
+	closeFiles(fds)
+	return err
+}
+
+// serviceStatus is one service's line in status.
+type serviceStatus struct {
+	Name       string `json:"name"`
+	State      string `json:"state"`
+	Pid        int    `json:"pid"`
+	UID        string `json:"uid"`
+	CapEff     string `json:"cap_eff"`
+	NoNewPrivs string `json:"no_new_privs"`
+	Seccomp    string `json:"seccomp"`
+	Landlock   string `json:"landlock"`
+	Restarts   int    `json:"restarts"`
+	LastExit   string `json:"last_exit,omitempty"`
+}
+
+// status reads what the kernel says of the service's process, not what
+// the service says of itself.
+func (s *service) status() serviceStatus {
+	s.mu.Lock()
+	st := serviceStatus{Name: s.name, State: s.state, Restarts: s.restarts, LastExit: s.lastExit, Landlock: s.sandbox.Landlock}
+	p := s.p
+	s.mu.Unlock()
+	if p != nil {
+		select {
+		case <-p.Done():
+		default:
+			st.Pid = p.Pid()
+			if self, err := sandbox.ReadSelf(strconv.Itoa(p.Pid())); err == nil {
+				st.UID, st.CapEff, st.NoNewPrivs, st.Seccomp = self.UID, self.CapEff, self.NoNewPrivs, self.Seccomp
+			}
+		}
+	}
+	return st
+}
+
+// summary is the service's line in the readiness report.
+func (st serviceStatus) summary() string {
+	caps := "no capabilities"
+	if strings.Trim(st.CapEff, "0") != "" {
+		caps = "capabilities " + st.CapEff
+	}
+	return fmt.Sprintf("service %s: %s, pid %d, uid %s, %s, no_new_privs %s, seccomp %s, landlock %s, %d restarts",
+		st.Name, st.State, st.Pid, st.UID, caps, st.NoNewPrivs, st.Seccomp, st.Landlock, st.Restarts)
+}
