@@ -63,6 +63,11 @@ func Apply(p Policy) (Report, error) {
 	if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
 		return r, fmt.Errorf("sandbox: no_new_privs: %w", err)
 	}
+	// Not dumpable: no core, and no other process of its uid may read
+	// its memory (which holds the keys it was given) or ptrace it.
+	if err := unix.Prctl(unix.PR_SET_DUMPABLE, 0, 0, 0, 0); err != nil {
+		return r, fmt.Errorf("sandbox: PR_SET_DUMPABLE: %w", err)
+	}
 	// Landlock where the kernel has it; a kernel without it (or with it
 	// disabled) is reported, not fatal: seccomp still applies.
 	abi, err := llsys.LandlockGetABIVersion()
