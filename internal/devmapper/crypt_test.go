@@ -55,3 +55,34 @@ func TestABISizes(t *testing.T) {
 		t.Fatalf("struct dm_target_spec is %d bytes here, %d in the kernel", n, targetSpecSize)
 	}
 }
+
+func TestVerityParams(t *testing.T) {
+	v := Verity{DataDevice: "/dev/vdb", HashDevice: "/dev/vdb", BlockSize: 4096, DataBlocks: 300, HashStart: 301,
+		Algorithm: "sha256", RootHash: []byte{0xab, 0xcd}, Salt: []byte{0x01, 0x02}}
+	if got, want := v.Params(), "1 /dev/vdb /dev/vdb 4096 4096 300 301 sha256 abcd 0102"; got != want {
+		t.Fatalf("got  %q\nwant %q", got, want)
+	}
+	v.Salt, v.Options = nil, []string{"panic_on_corruption"}
+	if got, want := v.Params(), "1 /dev/vdb /dev/vdb 4096 4096 300 301 sha256 abcd - 1 panic_on_corruption"; got != want {
+		t.Fatalf("got  %q\nwant %q", got, want)
+	}
+	if v.Sectors() != 300*8 {
+		t.Fatalf("%d sectors", v.Sectors())
+	}
+	for _, c := range []struct {
+		edit func(*Verity)
+		want string
+	}{
+		{func(v *Verity) { v.DataDevice = "vdb" }, "data device"},
+		{func(v *Verity) { v.BlockSize = 3000 }, "block size"},
+		{func(v *Verity) { v.DataBlocks = 0 }, "no data blocks"},
+		{func(v *Verity) { v.RootHash = nil }, "no root hash"},
+		{func(v *Verity) { v.Options = []string{"a b"} }, "option"},
+	} {
+		w := v
+		c.edit(&w)
+		if err := w.check(); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("got %v, want %q", err, c.want)
+		}
+	}
+}

@@ -156,6 +156,16 @@ func (c *Control) Create(name, uuid string) (uint64, error) {
 // Load loads a table into the device's inactive slot. secure asks the
 // kernel to wipe its copy of the ioctl buffer (for tables with keys).
 func (c *Control) Load(name string, targets []Target, secure bool) error {
+	flags := uint32(0)
+	if secure {
+		flags |= flagSecureData
+	}
+	return c.load(name, targets, flags)
+}
+
+// load loads a table with the given ioctl flags (flagReadOnly for targets
+// that must be read-only, such as verity).
+func (c *Control) load(name string, targets []Target, flags uint32) error {
 	if len(targets) != 1 {
 		return fmt.Errorf("devmapper: load %s: %d targets; this package loads exactly one", name, len(targets))
 	}
@@ -174,10 +184,6 @@ func (c *Control) Load(name string, targets []Target, secure bool) error {
 	copy(payload, w.Bytes())
 	copy(payload[targetSpecSize:], params)
 	defer clear(payload)
-	flags := uint32(0)
-	if secure {
-		flags |= flagSecureData
-	}
 	if _, _, err := c.call(cmdTableLoad, name, "", flags, payload, 0); err != nil {
 		return fmt.Errorf("devmapper: loading the %s table of %s: %w", t.Type, name, err)
 	}
