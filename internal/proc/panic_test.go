@@ -48,3 +48,32 @@ func TestPanicInReaper(t *testing.T) {
 		t.Fatalf("a later Run: %v", err)
 	}
 }
+
+// TestPanicInWaiter: a panic in the goroutine that waits for one child
+// still ends its Run, with a failure, never a success.
+func TestPanicInWaiter(t *testing.T) {
+	reaper(t)
+	reports := make(chan safego.Report, 4)
+	prev := safego.SetReporter(func(r safego.Report) { reports <- r })
+	t.Cleanup(func() { safego.SetReporter(prev) })
+	hook := func() { panic("injected") }
+	waiterHook.Store(&hook)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, err := Run(ctx, "true")
+	waiterHook.Store(nil)
+	if err == nil || ctx.Err() != nil {
+		t.Fatalf("Run whose waiter panicked: %v (context: %v), want a failure at once", err, ctx.Err())
+	}
+	select {
+	case r := <-reports:
+		if r.Name != "child waiter" || r.Value != "injected" {
+			t.Fatalf("report %+v", r)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the waiter's panic was not reported")
+	}
+	if _, err := Run(ctx, "true"); err != nil {
+		t.Fatalf("a later Run: %v", err)
+	}
+}

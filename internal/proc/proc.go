@@ -42,6 +42,9 @@ var (
 	// signalHook, set only by tests, runs in the reaper for each SIGCHLD
 	// it receives, before it reaps.
 	signalHook atomic.Pointer[func()]
+	// waiterHook, set only by tests, runs at the start of each child's
+	// waiter goroutine.
+	waiterHook atomic.Pointer[func()]
 )
 
 // StartReaper starts reaping children on SIGCHLD. Call it once, early in
@@ -228,7 +231,18 @@ func Start(s Spec) (*Process, error) {
 	}
 	proc := &Process{p: p, done: make(chan struct{})}
 	safego.Go("child waiter", func() {
-		defer close(proc.done) // also after a panic: Done must not stay open
+		got := false
+		defer func() {
+			// Also after a panic Done must close, and a status lost with
+			// it must never read as success: it reads as killed.
+			if !got {
+				proc.st = unix.WaitStatus(unix.SIGKILL)
+			}
+			close(proc.done)
+		}()
+		if h := waiterHook.Load(); h != nil {
+			(*h)()
+		}
 		if r {
 			proc.st = <-done
 		} else {
@@ -237,6 +251,7 @@ func Start(s Spec) (*Process, error) {
 				proc.st = unix.WaitStatus(ps.Sys().(syscall.WaitStatus))
 			}
 		}
+		got = true
 	})
 	return proc, nil
 }
