@@ -11,10 +11,11 @@ PACKER := $(OUT)/tools/packer
 # with, QEMU, the host tools the image build and the tests run (iptables is
 # only the baseline of the firewall benchmark; postgresql is the real
 # database behind the front door in its test; gcc lets the race detector,
-# which needs cgo, check the concurrent module loader).
+# which needs cgo, check the concurrent module loader; tmux gives bulwarkctl's
+# progress test a terminal).
 DEBS := linux-image-amd64 systemd-boot-efi ovmf qemu-system-x86 qemu-utils \
         e2fsprogs dosfstools mtools cryptsetup-bin iproute2 nftables iputils-ping \
-        dnsmasq-base swtpm swtpm-tools iptables postgresql tcpdump lz4 python3-cryptography age gcc
+        dnsmasq-base swtpm swtpm-tools iptables postgresql tcpdump lz4 python3-cryptography age gcc tmux
 
 export CGO_ENABLED := 0
 
@@ -50,6 +51,10 @@ check:
 	@# The plugin's generated HCL2 spec and docs match its Config.
 	cd packer && $(GO) generate ./... && rm -rf .docs && $(GO) tool packer-sdc renderdocs -src docs -partials website/content/partials -dst .docs >/dev/null 2>&1
 	@git diff --exit-code --stat -- packer || { echo "packer/: generated files are stale; run make packer-docs and commit"; exit 1; }
+	@# The CLI reference, one page per command, matches bulwarkctl's command
+	@# definitions (new and removed pages count too).
+	$(GO) run ./cmd/bulwarkctl gen-docs docs/cli >/dev/null
+	@test -z "$$(git status --porcelain -- docs/cli)" || { git status --short -- docs/cli; echo "docs/cli/: generated pages are stale; run go run ./cmd/bulwarkctl gen-docs docs/cli and commit"; exit 1; }
 
 # A real S3 server for the backup tests and the demo, built from the Go
 # module proxy at the version tools/minio/go.mod pins (a few minutes the

@@ -87,13 +87,15 @@ var (
 func withEnv(long string, vars ...envVar) string {
 	var b strings.Builder
 	b.WriteString(long)
-	b.WriteString("\n\nEnvironment:\n")
+	// Indented by four after a blank line: preformatted in the markdown
+	// pages too.
+	b.WriteString("\n\nEnvironment:\n\n")
 	w := 0
 	for _, v := range vars {
 		w = max(w, len(v.name))
 	}
 	for _, v := range vars {
-		fmt.Fprintf(&b, "  %-*s  %s\n", w, v.name, v.desc)
+		fmt.Fprintf(&b, "    %-*s  %s\n", w, v.name, v.desc)
 	}
 	return strings.TrimSuffix(b.String(), "\n")
 }

@@ -38,9 +38,10 @@ JSON with --json. Long operations show progress on standard error (a bar
 on a terminal, a line every few seconds otherwise; --quiet for none).
 
 Exit codes:
-  0  done
-  1  the operation failed, or the node or a check refused it
-  2  bad usage (unknown command or flag, missing argument); nothing was done`
+
+    0  done
+    1  the operation failed, or the node or a check refused it
+    2  bad usage (unknown command or flag, missing argument); nothing was done`
 
 func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
@@ -179,6 +180,9 @@ func unknownCommand(c *cobra.Command, arg string) error {
 		where = fmt.Sprintf(" for %q", name(c))
 	}
 	msg := fmt.Sprintf("unknown command %q%s", arg, where)
+	if c.SuggestionsMinimumDistance <= 0 {
+		c.SuggestionsMinimumDistance = 2
+	}
 	if s := c.SuggestionsFor(arg); len(s) > 0 {
 		msg += "; did you mean " + quoteList(s) + "?"
 	} else if names := subNames(c); len(names) > 0 {

@@ -138,13 +138,16 @@ func (c *client) call(method, path string, body any) ([]byte, http.Header, error
 func (c *client) explain(err error) error {
 	var verr *tls.CertificateVerificationError
 	var herr x509.HostnameError
-	var alert tls.AlertError
+	var op *net.OpError
 	switch {
 	case errors.As(err, &herr):
 		return fmt.Errorf("%w\n  the node's certificate is not for %s: give --node the address or name its certificate was issued for (bulwarkctl ca issue node --ip/--dns)", err, c.host)
 	case errors.As(err, &verr):
 		return fmt.Errorf("%w\n  the node's certificate was refused: it does not chain to the CA in %s (--ca / BULWARK_CA); is that this project's CA (bulwarkctl ca show)?", err, c.caFile)
-	case errors.As(err, &alert):
+	case errors.As(err, &op) && op.Op == "remote error":
+		// A TLS alert from the node: in TLS 1.3 the node checks the
+		// client's certificate after the client's side of the handshake,
+		// so its refusal arrives as an alert on the first read.
 		return fmt.Errorf("%w\n  the node refused your client certificate %s: %s", err, c.certFile, c.diagnose())
 	}
 	return err
