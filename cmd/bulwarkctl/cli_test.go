@@ -68,7 +68,7 @@ func TestHelpEveryCommand(t *testing.T) {
 			if !strings.Contains(out, "Usage:\n  "+c.CommandPath()) {
 				t.Errorf("%s: no synopsis of %s:\n%s", strings.Join(args, " "), title, out)
 			}
-			if c.Parent() != nil && !strings.Contains(out, strings.Fields(c.Long+" "+c.Short)[0]) {
+			if c.Parent() != nil && !strings.Contains(out, strings.Fields(c.Long + " " + c.Short)[0]) {
 				t.Errorf("%s: not %s's own description:\n%s", strings.Join(args, " "), title, out)
 			}
 			c.LocalFlags().VisitAll(func(f *pflag.Flag) {
