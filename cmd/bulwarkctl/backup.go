@@ -338,8 +338,11 @@ func backupRestore(cmd *cobra.Command, sf *storeFlags, rf *restoreFlags, verifyO
 			return os.Rename(f.Name(), final)
 		}
 	}
+	// Progress counts the verified bytes as they are written (Restore's
+	// own callback comes once a segment, 64 MiB apart).
 	progress := newProgress(stderr, rf.quiet, name, m.PlaintextBytes)
-	err = backup.Restore(ctx, st, m, kr, w, rf.workers, progress.set)
+	cw := &countingWriter{w: w, progress: progress}
+	err = backup.Restore(ctx, st, m, kr, cw, rf.workers, nil)
 	if pw, ok := w.(*io.PipeWriter); ok && err != nil {
 		pw.CloseWithError(err)
 	}
@@ -375,6 +378,20 @@ func backupRestore(cmd *cobra.Command, sf *storeFlags, rf *restoreFlags, verifyO
 		"backup %s of %s (%s %s, %s, %d segments, key %s…): every chunk, segment and the manifest authentic; %s\n",
 		m.BackupID, m.Node, m.Source.Kind, m.Source.Name, mib(m.PlaintextBytes), len(m.Segments), m.KeyID[:16], done)
 	return nil
+}
+
+// countingWriter reports the bytes written through it.
+type countingWriter struct {
+	w        io.Writer
+	n        int64
+	progress *progress
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	c.progress.set(c.n)
+	return n, err
 }
 
 func restoredName(m *backup.Manifest) string {

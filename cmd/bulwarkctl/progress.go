@@ -54,8 +54,8 @@ func newProgress(w io.Writer, quiet bool, what string, total int64) *progress {
 			progressbar.OptionOnCompletion(func() { fmt.Fprintln(w) }),
 		}
 		if total >= 0 {
-			opts = append(opts, progressbar.OptionShowBytes(true), progressbar.OptionUseIECUnits(true),
-				progressbar.OptionShowTotalBytes(true), progressbar.OptionSetPredictTime(true))
+			opts = append(opts, progressbar.OptionShowBytes(true), progressbar.OptionShowCount(), progressbar.OptionUseIECUnits(true),
+				progressbar.OptionShowTotalBytes(true), progressbar.OptionSetPredictTime(true), progressbar.OptionShowElapsedTimeOnFinish())
 		} else {
 			opts = append(opts, progressbar.OptionSpinnerType(14), progressbar.OptionSetPredictTime(false))
 		}
