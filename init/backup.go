@@ -25,6 +25,7 @@ import (
 	"github.com/bulwarkvm/bulwark/internal/objstore"
 	"github.com/bulwarkvm/bulwark/internal/pki"
 	"github.com/bulwarkvm/bulwark/internal/proc"
+	"github.com/bulwarkvm/bulwark/internal/safego"
 )
 
 // startBackups sets up the backup encryptor: the service's public key (the
@@ -98,7 +99,7 @@ func startBackups(b *boot) (string, error) {
 	b.onShutdownWithin("stop backups", commandStopGrace+5*time.Second, false, func(ctx context.Context) error {
 		r.cancel()
 		idle := make(chan struct{})
-		go func() { r.wg.Wait(); close(idle) }()
+		safego.Go("stop backups wait", func() { r.wg.Wait(); close(idle) })
 		select {
 		case <-idle:
 		case <-ctx.Done():
@@ -364,7 +365,7 @@ func (c *commandStream) Close() error {
 	select {
 	case <-c.p.Done():
 	default:
-		go c.stop()
+		safego.Go("backup command stop", c.stop)
 	}
 	return c.ReadCloser.Close()
 }

@@ -22,6 +22,8 @@ import (
 	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/bulwarkvm/bulwark/internal/safego"
 )
 
 // Limits of one message.
@@ -198,7 +200,7 @@ func (p *Peer) Serve(ctx context.Context) error {
 			ch <- reply{m, fds}
 			continue
 		}
-		go p.handle(ctx, m, fds)
+		safego.Go("control "+p.name+" "+m.Op, func() { p.handle(ctx, m, fds) })
 	}
 }
 

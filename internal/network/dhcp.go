@@ -11,6 +11,8 @@ import (
 	"github.com/insomniacslk/dhcp/dhcpv4"
 	"github.com/insomniacslk/dhcp/dhcpv4/nclient4"
 	"github.com/vishvananda/netlink"
+
+	"github.com/bulwarkvm/bulwark/internal/safego"
 )
 
 const dhcpTimeout = 20 * time.Second
@@ -36,7 +38,9 @@ func dhcp4(ctx context.Context, log *slog.Logger, link netlink.Link) (string, er
 		c.Close()
 		return "", err
 	}
-	go renew(log, c, link, lease)
+	// A panic in the renewal runs it again (with backoff) instead of
+	// ending the process: PID1 must outlive any bug in it.
+	safego.Loop("dhcp renewal", nil, func() { renew(log, c, link, lease) })
 	return addr, nil
 }
 

@@ -90,7 +90,7 @@ func Main(ctl *os.File, listeners []*os.File) int {
 		return 1
 	}
 	served := make(chan error, 1)
-	go func() { served <- peer.Serve(context.Background()) }()
+	safego.Go("control", func() { served <- peer.Serve(context.Background()) })
 
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	var cfg Config
