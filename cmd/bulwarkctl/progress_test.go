@@ -257,3 +257,33 @@ func (s *syncBuffer) Reset() {
 	defer s.mu.Unlock()
 	s.b.Reset()
 }
+
+// The image build's progress names the step from the files the build
+// has written into its output directory since it started.
+func TestWatchBuildSteps(t *testing.T) {
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "bulwark.img"), nil, 0o644)
+	old := time.Now().Add(-time.Hour)
+	os.Chtimes(filepath.Join(dir, "bulwark.img"), old, old) // left by an earlier build
+	p := newProgress(io.Discard, true, "image build", -1)
+	stop := watchBuild(p, dir)
+	step := func() string {
+		time.Sleep(400 * time.Millisecond)
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		return p.detail
+	}
+	if s := step(); s != "building the init" {
+		t.Errorf("at the start: %q", s)
+	}
+	os.WriteFile(filepath.Join(dir, "init"), nil, 0o755)
+	if s := step(); s != "assembling the initramfs" {
+		t.Errorf("after the init: %q", s)
+	}
+	os.WriteFile(filepath.Join(dir, "initramfs.img"), nil, 0o644)
+	if s := step(); s != "writing the UEFI disk" {
+		t.Errorf("after the initramfs: %q", s)
+	}
+	stop()
+	p.finish(true)
+}
