@@ -189,14 +189,35 @@ func (r *backups) start(why string) error {
 	}
 	r.running = true
 	r.wg.Add(1)
-	r.b.goSafe("backup", func() {
+	// The round reads what the bucket (and whoever is on the path to it)
+	// sends: a panic in it is a failed round, reported and audited, never
+	// the node's shutdown.
+	safego.Go("backup", func() {
 		defer r.wg.Done()
-		lines, _ := r.round(r.ctx, why)
+		lines, _ := r.safeRound(r.ctx, why)
 		r.mu.Lock()
 		r.running, r.last, r.lastAt = false, lines, time.Now()
 		r.mu.Unlock()
 	})
 	return nil
+}
+
+// testHookRound, when set (tests), runs at the start of every round.
+var testHookRound func()
+
+// safeRound is round with a panic turned into a failed round.
+func (r *backups) safeRound(ctx context.Context, why string) (lines []string, failed int) {
+	err := safego.Call("backup round", func() error {
+		lines, failed = r.round(ctx, why)
+		return nil
+	})
+	if err != nil {
+		line := "round: " + err.Error()
+		r.b.log.Error("backup round failed", "err", err)
+		r.b.audit.Append(audit.KindBackup, why, "", line, "failed")
+		return append(lines, line), len(r.cfg.Sources)
+	}
+	return lines, failed
 }
 
 // finalBackupTimeout bounds the final round within the teardown's limit,
@@ -211,7 +232,7 @@ const finalBackupTimeout = 30 * time.Second
 func (r *backups) final(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, finalBackupTimeout)
 	defer cancel()
-	lines, failed := r.round(ctx, "shutdown")
+	lines, failed := r.safeRound(ctx, "shutdown")
 	if failed > 0 {
 		return fmt.Errorf("%d of %d sources not backed up: %s", failed, len(r.cfg.Sources), strings.Join(lines, "; "))
 	}
@@ -221,6 +242,9 @@ func (r *backups) final(ctx context.Context) error {
 // round backs up every source in order; a failed source does not stop the
 // others. It returns one line per source and how many failed.
 func (r *backups) round(ctx context.Context, why string) (lines []string, failed int) {
+	if testHookRound != nil {
+		testHookRound()
+	}
 	r.b.log.Info("backup round started", "why", why)
 	st, err := r.store(ctx)
 	if err != nil {

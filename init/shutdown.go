@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"fmt"
 	"os"
 	"strings"
 	"time"
@@ -11,6 +10,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/bulwarkvm/bulwark/internal/audit"
+	"github.com/bulwarkvm/bulwark/internal/safego"
 )
 
 // The teardown is bounded, whatever hangs: a client holding a connection
@@ -125,12 +125,9 @@ func runStep(s teardownStep, deadline time.Time) (err error, abandoned bool) {
 	defer cancel()
 	done := make(chan error, 1)
 	go func() {
-		defer func() {
-			if r := recover(); r != nil {
-				done <- fmt.Errorf("panic: %v", r)
-			}
-		}()
-		done <- s.fn(ctx)
+		// A panicking step is a failed step, reported (stack, audit
+		// record) like any other panic in PID1.
+		done <- safego.Call("teardown step "+s.name, func() error { return s.fn(ctx) })
 	}()
 	t := time.NewTimer(time.Until(deadline) + abandonGrace)
 	defer t.Stop()

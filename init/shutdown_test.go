@@ -6,10 +6,12 @@ import (
 	"io"
 	"log/slog"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/bulwarkvm/bulwark/internal/audit"
 	"github.com/bulwarkvm/bulwark/internal/config"
 )
 
@@ -142,5 +144,36 @@ func TestBackupCommandStopsWithRound(t *testing.T) {
 	case <-p.Done():
 	case <-time.After(commandStopGrace + 3*time.Second):
 		t.Fatal("the command outlived its closed stream")
+	}
+}
+
+// TestBackupRoundPanic: a panic in a backup round (whose code reads what
+// the bucket sends) is a failed round, audited, and never a shutdown of
+// the node, which would crypto-erase its volumes.
+func TestBackupRoundPanic(t *testing.T) {
+	testHookRound = func() { panic("injected in a backup round") }
+	defer func() { testHookRound = nil }()
+	b := &boot{log: slog.New(slog.NewTextHandler(io.Discard, nil)), shutdown: make(chan string, 1), audit: audit.New(nil),
+		cfg: &config.Config{Hostname: "db-1"}}
+	r := &backups{b: b, cfg: &config.Backup{Sources: []config.BackupSource{{Kind: "tree", Path: "/x"}}}}
+	r.ctx, r.cancel = context.WithCancel(context.Background())
+	defer r.cancel()
+	if err := r.start("test"); err != nil {
+		t.Fatal(err)
+	}
+	r.wg.Wait()
+	r.mu.Lock()
+	last := strings.Join(r.last, "; ")
+	r.mu.Unlock()
+	if !strings.Contains(last, "injected in a backup round") {
+		t.Errorf("the round's result: %q; want the panic as its failure", last)
+	}
+	select {
+	case why := <-b.shutdown:
+		t.Fatalf("a panic in a backup round shut the node down (%s)", why)
+	default:
+	}
+	if !strings.Contains(string(b.audit.Bytes()), "injected in a backup round") {
+		t.Error("the failed round is not in the audit log")
 	}
 }

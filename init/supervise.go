@@ -18,6 +18,7 @@ import (
 	"github.com/bulwarkvm/bulwark/internal/bootlog"
 	"github.com/bulwarkvm/bulwark/internal/control"
 	"github.com/bulwarkvm/bulwark/internal/proc"
+	"github.com/bulwarkvm/bulwark/internal/safego"
 	"github.com/bulwarkvm/bulwark/internal/sandbox"
 )
 
@@ -184,7 +185,7 @@ func (b *boot) startService(s *service) (*proc.Process, error) {
 	}
 	// Its output is untrusted: the console gets it through the escaping
 	// log path, each line prefixed with the service's name.
-	b.goSafe("service output "+s.name, func() {
+	safego.Go("service output "+s.name, func() {
 		bootlog.CopyLines(pr, bootlog.MaxLine, func(l string) { b.log.Info(s.name + ": " + l) })
 		pr.Close()
 	})
@@ -199,7 +200,10 @@ func (b *boot) startService(s *service) (*proc.Process, error) {
 		p.Signal(syscall.SIGKILL)
 		return nil, err
 	}
-	b.goSafe("control "+s.name, func() {
+	// The control socket carries the service's untrusted messages: a
+	// panic serving it ends this connection (and with it the service's
+	// process, which PID1 restarts), never the node.
+	safego.Go("control "+s.name, func() {
 		if err := peer.Serve(context.Background()); err != nil {
 			b.log.Warn("service control socket", "service", s.name, "err", err)
 		}
