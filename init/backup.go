@@ -288,7 +288,9 @@ func (r *backups) source(ctx context.Context, src config.BackupSource, o backup.
 		return what, err
 	case "tree":
 		o.Source = backup.Source{Kind: "tree", Name: src.Path}
-		in = backup.Tree(src.Path, r.staging)
+		// The node's own directory (staging, the audit log) is never
+		// part of a backup of the volume it lies on.
+		in = backup.Tree(src.Path, filepath.Dir(r.staging))
 	default:
 		o.Source = backup.Source{Kind: "command", Name: strings.Join(src.Command, " ")}
 		var err error
