@@ -43,7 +43,8 @@ func startIPsec(b *boot) (string, error) {
 		return "", err
 	}
 	b.ipsec = m
-	// Essential: the SAs hold the ESP keys in the kernel.
-	b.onShutdownWithin("remove IPsec SAs and policies", 5*time.Second, true, func(context.Context) error { return m.Close() })
+	// Essential: the SAs hold the ESP keys in the kernel. The policies
+	// requiring ESP stay until power-off.
+	b.onShutdownWithin("remove IPsec SAs", 5*time.Second, true, func(context.Context) error { return m.Close() })
 	return fmt.Sprintf("%d peers, ESP required, keying on tcp %d from %s%s", len(o.Peers), o.KeyingPort, o.Self, waitedNote(waited)), nil
 }

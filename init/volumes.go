@@ -50,6 +50,14 @@ func setUpVolumes(b *boot) (string, error) {
 	if err := b.audit.Attach(b.auditFile); err != nil {
 		return "", err
 	}
+	// After the audit log closes and before the volumes are erased (so
+	// after the workload, the backups and any final round): whatever is
+	// left of the workload's processes (a child it detached, say) could
+	// keep a volume busy, and with it the key in the kernel.
+	b.onShutdownWithin("kill remaining processes", 2*time.Second, true, func(context.Context) error {
+		b.killOthers()
+		return nil
+	})
 	b.onShutdownWithin("close audit log", 2*time.Second, false, func(context.Context) error { return b.audit.Close() })
 	return fmt.Sprintf("%d encrypted (%s); audit log on %s%s", len(lines), strings.Join(lines, ", "), b.cfg.Volumes[0].Name, waitedNote(waited)), nil
 }

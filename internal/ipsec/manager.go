@@ -160,10 +160,14 @@ func (m *Manager) loop(name string, fn func()) {
 	}()
 }
 
-// Close stops keying and removes every SA and policy.
+// Close stops keying. It deletes the SAs, which hold the keys, but leaves the policies that
+// require ESP in place (they hold no secret): until the machine powers
+// off, nothing between this node and a peer leaves in plaintext, not even
+// from a process that outlived the teardown. Installing the policies again
+// (a new Start) replaces them.
 func (m *Manager) Close() error {
 	m.stopLoops()
-	m.removeAll()
+	m.removeSAs()
 	return nil
 }
 
@@ -175,6 +179,14 @@ func (m *Manager) stopLoops() {
 }
 
 func (m *Manager) removeAll() {
+	m.removeSAs()
+	for _, p := range m.peers {
+		removePolicies(policies(m.o.Self, p.Addr, 0, p.reqid))
+	}
+}
+
+// removeSAs deletes every SA of every peer, and with them the ESP keys.
+func (m *Manager) removeSAs() {
 	for _, p := range m.peers {
 		p.mu.Lock()
 		for _, g := range append(p.old, p.cur) {
@@ -184,7 +196,6 @@ func (m *Manager) removeAll() {
 			}
 		}
 		p.mu.Unlock()
-		removePolicies(policies(m.o.Self, p.Addr, 0, p.reqid))
 	}
 }
 
