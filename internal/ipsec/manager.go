@@ -19,6 +19,7 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/bulwarkvm/bulwark/internal/pki"
@@ -81,13 +82,17 @@ type peerState struct {
 
 // Manager runs the keying for all peers.
 type Manager struct {
-	o     Options
-	boot  string
-	peers []*peerState
-	ln    net.Listener
-	done  chan struct{}
-	wg    sync.WaitGroup
-	tls   *tls.Config
+	connMu      sync.Mutex
+	conns       map[netip.Addr]int
+	connTotal   int
+	lastRefusal atomic.Value // time.Time
+	o           Options
+	boot        string
+	peers       []*peerState
+	ln          net.Listener
+	done        chan struct{}
+	wg          sync.WaitGroup
+	tls         *tls.Config
 }
 
 // Start installs the policies (from this moment plaintext to and from the
@@ -102,6 +107,7 @@ func Start(o Options) (*Manager, error) {
 	b := make([]byte, 8)
 	rand.Read(b)
 	m := &Manager{o: o, boot: hex.EncodeToString(b), done: make(chan struct{})}
+	m.lastRefusal.Store(time.Time{})
 	pool := x509.NewCertPool()
 	pool.AddCert(o.CA)
 	m.tls = &tls.Config{
@@ -462,8 +468,55 @@ func (m *Manager) accept() {
 			time.Sleep(100 * time.Millisecond)
 			continue
 		}
+		// A bounded number of keying connections at once, in all and
+		// per source: a host spoofing a peer's address reaches this port
+		// in plaintext (the firewall admits peers), and must not be able
+		// to hold PID1's descriptors. A refused connection is closed
+		// unread and logged at most once a second.
+		from := remoteAddr(c)
+		if !m.admit(from) {
+			c.Close()
+			if time.Since(m.lastRefusal.Load().(time.Time)) > time.Second {
+				m.lastRefusal.Store(time.Now())
+				m.o.Log.Warn("ipsec: keying connections over the limit are closed", "from", from)
+			}
+			continue
+		}
 		// serve closes the connection however it ends.
-		safego.Go("ipsec keying connection", func() { m.serve(c) })
+		safego.Go("ipsec keying connection", func() {
+			defer m.release(from)
+			m.serve(c)
+		})
+	}
+}
+
+// Limits of concurrent keying connections: a peer needs one at a time
+// (two when both ends start a generation at once).
+const (
+	maxKeyingConns        = 64
+	maxKeyingConnsPerPeer = 4
+)
+
+func (m *Manager) admit(from netip.Addr) bool {
+	m.connMu.Lock()
+	defer m.connMu.Unlock()
+	if m.conns == nil {
+		m.conns = map[netip.Addr]int{}
+	}
+	if m.connTotal >= maxKeyingConns || m.conns[from] >= maxKeyingConnsPerPeer {
+		return false
+	}
+	m.conns[from]++
+	m.connTotal++
+	return true
+}
+
+func (m *Manager) release(from netip.Addr) {
+	m.connMu.Lock()
+	defer m.connMu.Unlock()
+	m.connTotal--
+	if m.conns[from]--; m.conns[from] <= 0 {
+		delete(m.conns, from)
 	}
 }
 

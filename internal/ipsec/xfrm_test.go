@@ -44,3 +44,33 @@ func TestPoliciesBypassOnlyNeighbourDiscovery(t *testing.T) {
 		}
 	}
 }
+
+// TestKeyingConnectionLimit: at most maxKeyingConnsPerPeer connections
+// from one address and maxKeyingConns in all are admitted; a released one
+// makes room again.
+func TestKeyingConnectionLimit(t *testing.T) {
+	var m Manager
+	a := netip.MustParseAddr("10.0.0.2")
+	for i := 0; i < maxKeyingConnsPerPeer; i++ {
+		if !m.admit(a) {
+			t.Fatalf("connection %d from one peer refused", i+1)
+		}
+	}
+	if m.admit(a) {
+		t.Fatal("one more connection from the same address admitted")
+	}
+	m.release(a)
+	if !m.admit(a) {
+		t.Fatal("a released connection made no room")
+	}
+	n := maxKeyingConnsPerPeer
+	for i := 0; n < maxKeyingConns; i++ {
+		if !m.admit(netip.AddrFrom4([4]byte{10, 1, byte(i >> 8), byte(i)})) {
+			t.Fatalf("refused at %d connections in all", n)
+		}
+		n++
+	}
+	if m.admit(netip.MustParseAddr("10.9.9.9")) {
+		t.Fatalf("admitted past %d connections in all", maxKeyingConns)
+	}
+}
