@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -93,6 +94,68 @@ func Closure(names []string) ([]Ref, error) {
 		return nil, fmt.Errorf("deb: apt-get installs nothing for %s:\n%s", strings.Join(names, " "), lastLines(out, 8))
 	}
 	return refs, nil
+}
+
+// ClosureCached is Closure with its answer kept in dir, keyed by the
+// names and by everything apt's answer depends on: the index files under
+// /var/lib/apt/lists (name, size, time) and apt's configuration under
+// /etc/apt (contents). apt-get takes about 4 s to resolve PostgreSQL's
+// closure on an empty status; an apt-get update or a changed source or
+// pin makes a new key. The versions are still checked against apt's index
+// by Show, and each .deb against the digest there.
+func ClosureCached(dir string, names []string) ([]Ref, error) {
+	key, err := closureKey(names)
+	if err != nil {
+		return Closure(names)
+	}
+	file := filepath.Join(dir, "closure-"+key+".json")
+	if b, err := os.ReadFile(file); err == nil {
+		var refs []Ref
+		if json.Unmarshal(b, &refs) == nil && len(refs) > 0 {
+			return refs, nil
+		}
+	}
+	refs, err := Closure(names)
+	if err != nil {
+		return nil, err
+	}
+	if b, err := json.Marshal(refs); err == nil && os.MkdirAll(dir, 0o755) == nil {
+		tmp := file + ".tmp"
+		if os.WriteFile(tmp, b, 0o644) == nil {
+			os.Rename(tmp, file)
+		}
+	}
+	return refs, nil
+}
+
+func closureKey(names []string) (string, error) {
+	h := sha256.New()
+	fmt.Fprintf(h, "bulwark apt closure v1\x00%s\x00", strings.Join(names, "\x00"))
+	lists, err := os.ReadDir("/var/lib/apt/lists")
+	if err != nil {
+		return "", err
+	}
+	for _, e := range lists {
+		if info, err := e.Info(); err == nil && info.Mode().IsRegular() {
+			fmt.Fprintf(h, "list %s %d %d\x00", e.Name(), info.Size(), info.ModTime().UnixNano())
+		}
+	}
+	err = filepath.WalkDir("/etc/apt", func(p string, d os.DirEntry, err error) error {
+		if err != nil || !d.Type().IsRegular() {
+			return nil
+		}
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return nil
+		}
+		fmt.Fprintf(h, "conf %s %d\x00", p, len(b))
+		h.Write(b)
+		return nil
+	})
+	if err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(h.Sum(nil))[:32], nil
 }
 
 func lastLines(b []byte, n int) string {

@@ -1,6 +1,7 @@
 // Package efidisk writes the UEFI-bootable disk: a GPT (go-diskfs) with one
 // EFI system partition holding systemd-boot, a loader entry, the kernel and
-// the initramfs.
+// the initramfs, and, when there is a system image, its usr and usr-verity
+// partitions after it.
 //
 // The FAT file system is made with dosfstools and mtools rather than
 // go-diskfs, whose FAT32 writer stamps the current time into every directory
@@ -47,7 +48,44 @@ type Spec struct {
 	Cmdline    string // kernel command line
 	Bootloader string // systemd-boot EFI binary; DefaultBootloader if empty
 	Size       int64  // disk size in bytes, a multiple of 1 MiB, at least MinSize
+	// Usr, when set, adds the system image as a partition pair after the
+	// EFI system partition, which keeps at least MinSize.
+	Usr *Usr
 }
+
+// Usr is the system image for the disk: the data and the verity hash area
+// of one file (the image build's system.img), which become the
+// Discoverable Partitions Specification's "usr" and "usr-verity"
+// partitions. As that specification says, the data partition's UUID is
+// the first 128 bits of the root hash and the hash partition's the last
+// 128, so that the node finds the pair that belongs to the root hash on
+// its command line.
+type Usr struct {
+	Image      string // host path of system.img
+	DataBytes  int64  // the data: the file's first DataBytes bytes
+	HashOffset int64  // the hash area (superblock first) starts here
+	HashBytes  int64
+	RootHash   []byte // 32 bytes
+}
+
+// Partition type GUIDs of the Discoverable Partitions Specification for
+// x86-64.
+const (
+	UsrPartitionType       = "8484680C-9521-48C6-9C11-B0720656F69E"
+	UsrVerityPartitionType = "77FF5F63-E7B6-4633-ACF4-1565B864C0E6"
+)
+
+// UsrPartitionUUIDs returns the UUIDs of the usr and usr-verity
+// partitions for a root hash.
+func UsrPartitionUUIDs(root []byte) (data, hash string) {
+	f := func(b []byte) string {
+		u, _ := uuid.FromBytes(b)
+		return strings.ToUpper(u.String())
+	}
+	return f(root[:16]), f(root[16:32])
+}
+
+func mib(n int64) uint64 { return uint64((n + 1<<20 - 1) >> 20 << 20 / sector) }
 
 // Build writes the raw disk to dst, atomically.
 func Build(dst string, s Spec) error {
@@ -75,8 +113,19 @@ func Build(dst string, s Spec) error {
 	}
 	defer os.RemoveAll(work)
 
-	espSectors := uint64(s.Size/sector) - firstLBA - gptTail
+	var usrSectors, hashSectors uint64
+	if s.Usr != nil {
+		if len(s.Usr.RootHash) != 32 || s.Usr.DataBytes <= 0 || s.Usr.HashBytes <= 0 || s.Usr.HashOffset < s.Usr.DataBytes {
+			return fmt.Errorf("efidisk: the system image's layout is incomplete")
+		}
+		usrSectors, hashSectors = mib(s.Usr.DataBytes), mib(s.Usr.HashBytes)
+	}
+	espSectors := uint64(s.Size/sector) - firstLBA - gptTail - usrSectors - hashSectors
 	espSectors -= espSectors % 2048 // whole MiB
+	if usrSectors > 0 && int64(espSectors*sector) < MinSize {
+		return fmt.Errorf("efidisk: size %d MiB leaves the EFI system partition %d MiB beside the system image's %d MiB; give at least %d MiB",
+			s.Size>>20, espSectors*sector>>20, (usrSectors+hashSectors)*sector>>20, (MinSize>>20)+int64((usrSectors+hashSectors)*sector>>20)+2)
+	}
 	esp := filepath.Join(work, "esp.img")
 	if err := makeESP(esp, int64(espSectors*sector), s, seed); err != nil {
 		return err
@@ -100,6 +149,13 @@ func Build(dst string, s Spec) error {
 			GUID:  derivedUUID(seed, "esp"),
 		}},
 	}
+	if s.Usr != nil {
+		dataUUID, hashUUID := UsrPartitionUUIDs(s.Usr.RootHash)
+		start := firstLBA + espSectors
+		table.Partitions = append(table.Partitions,
+			&gpt.Partition{Start: start, End: start + usrSectors - 1, Type: gpt.Type(UsrPartitionType), Name: "bulwark-usr", GUID: dataUUID},
+			&gpt.Partition{Start: start + usrSectors, End: start + usrSectors + hashSectors - 1, Type: gpt.Type(UsrVerityPartitionType), Name: "bulwark-usr-verity", GUID: hashUUID})
+	}
 	if err := d.Partition(table); err != nil {
 		d.Close()
 		return fmt.Errorf("efidisk: partitioning: %w", err)
@@ -111,6 +167,9 @@ func Build(dst string, s Spec) error {
 	}
 	_, err = d.WritePartitionContents(1, f)
 	f.Close()
+	if err == nil && s.Usr != nil {
+		err = writeUsr(d, s.Usr)
+	}
 	if cerr := d.Close(); err == nil {
 		err = cerr
 	}
@@ -121,6 +180,37 @@ func Build(dst string, s Spec) error {
 		return err
 	}
 	return os.Rename(tmp, dst)
+}
+
+// writeUsr writes the system image's data and hash area into partitions 2
+// and 3.
+func writeUsr(d interface {
+	WritePartitionContents(int, io.Reader) (int64, error)
+}, u *Usr) error {
+	img, err := os.Open(u.Image)
+	if err != nil {
+		return err
+	}
+	defer img.Close()
+	// go-diskfs writes a partition whole: the rest of the last MiB is
+	// zeros.
+	padded := func(off, n int64) io.Reader {
+		return io.MultiReader(io.NewSectionReader(img, off, n), io.LimitReader(zeros{}, int64(mib(n))*sector-n))
+	}
+	if _, err := d.WritePartitionContents(2, padded(0, u.DataBytes)); err != nil {
+		return fmt.Errorf("the usr partition: %w", err)
+	}
+	if _, err := d.WritePartitionContents(3, padded(u.HashOffset, u.HashBytes)); err != nil {
+		return fmt.Errorf("the usr-verity partition: %w", err)
+	}
+	return nil
+}
+
+type zeros struct{}
+
+func (zeros) Read(b []byte) (int, error) {
+	clear(b)
+	return len(b), nil
 }
 
 // ConvertQcow2 writes a qcow2 copy of a raw disk with qemu-img.
@@ -171,6 +261,10 @@ func makeESP(path string, size int64, s Spec, seed [32]byte) error {
 func inputDigest(s Spec) ([32]byte, error) {
 	h := sha256.New()
 	fmt.Fprintf(h, "bulwark efidisk v1\x00%d\x00%s\x00", s.Size, s.Cmdline)
+	if s.Usr != nil {
+		// The root hash commits to the whole system image.
+		fmt.Fprintf(h, "usr\x00%x\x00", s.Usr.RootHash)
+	}
 	for _, p := range []string{s.Bootloader, s.Kernel, s.Initramfs} {
 		f, err := os.Open(p)
 		if err != nil {

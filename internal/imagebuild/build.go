@@ -19,6 +19,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/bulwarkvm/bulwark/internal/deb"
 	"github.com/bulwarkvm/bulwark/internal/efidisk"
 	"github.com/bulwarkvm/bulwark/internal/elfdeps"
 	"github.com/bulwarkvm/bulwark/internal/initramfs"
@@ -60,7 +61,16 @@ type Options struct {
 	InitBinary    string   // a prebuilt init; default: go build ./init
 	SourceDir     string   // the bulwark module; default: found from the working directory
 	InitPackage   string   // default "./init"; tests build other programs as /init
-	SkipDisk      bool     // build vmlinuz and the initramfs only
+	SkipDisk      bool     // build vmlinuz and the initramfs only (no disk, no system image)
+	// Packages are the Debian packages (name, or name=version) the system
+	// image is made of; nil means DefaultPackages.
+	Packages []string
+	// NoSystemImage builds no system image: the node then boots without
+	// one (no bulwark.usrhash= on its command line).
+	NoSystemImage bool
+	// DebCache is where fetched .debs are kept; default
+	// <user cache directory>/bulwark/debs.
+	DebCache string
 }
 
 // Part is one line of the build report.
@@ -81,12 +91,14 @@ type Artifact struct {
 
 // Report describes a finished build.
 type Report struct {
-	KernelVersion       string     `json:"kernel_version"`
-	Cmdline             string     `json:"cmdline"`
-	Parts               []Part     `json:"parts"`
-	InitramfsRaw        int64      `json:"initramfs_uncompressed_bytes"`
-	InitramfsCompressed int64      `json:"initramfs_compressed_bytes"`
-	Artifacts           []Artifact `json:"artifacts"`
+	KernelVersion       string `json:"kernel_version"`
+	Cmdline             string `json:"cmdline"`
+	Parts               []Part `json:"parts"`
+	InitramfsRaw        int64  `json:"initramfs_uncompressed_bytes"`
+	InitramfsCompressed int64  `json:"initramfs_compressed_bytes"`
+	// SystemImage is the verified system image; nil without one.
+	SystemImage *SystemImage `json:"system_image,omitempty"`
+	Artifacts   []Artifact   `json:"artifacts"`
 }
 
 // Build builds the image and returns its report, which is also written to
@@ -125,10 +137,27 @@ func Build(ctx context.Context, o Options) (*Report, error) {
 	rep.InitramfsCompressed = n
 	outputs := []string{kernel, initrd}
 
+	sysPath := filepath.Join(o.OutDir, SystemImageFile)
+	if o.SkipDisk || o.NoSystemImage {
+		// A system image from an earlier build would not match this one.
+		os.Remove(sysPath)
+	}
 	if !o.SkipDisk {
+		spec := efidisk.Spec{Kernel: kernel, Initramfs: initrd, Cmdline: rep.Cmdline, Size: o.DiskSize}
+		if !o.NoSystemImage {
+			si, res, err := o.buildSystemImage(ctx, sysPath)
+			if err != nil {
+				return nil, err
+			}
+			rep.SystemImage = si
+			outputs = append(outputs, sysPath)
+			// The disk boots with the image: its loader entry binds the
+			// root hash. A direct kernel boot adds si.Cmdline itself.
+			spec.Cmdline = rep.Cmdline + " " + si.Cmdline
+			spec.Usr = &efidisk.Usr{Image: sysPath, DataBytes: si.DataBytes, HashOffset: si.HashOffset, HashBytes: si.HashBytes, RootHash: res.RootHash[:]}
+		}
 		disk := filepath.Join(o.OutDir, "bulwark.img")
-		err := efidisk.Build(disk, efidisk.Spec{Kernel: kernel, Initramfs: initrd, Cmdline: rep.Cmdline, Size: o.DiskSize})
-		if err != nil {
+		if err := efidisk.Build(disk, spec); err != nil {
 			return nil, err
 		}
 		outputs = append(outputs, disk)
@@ -190,6 +219,22 @@ func (o *Options) Prepare() error {
 	}
 	if o.InitPackage == "" {
 		o.InitPackage = "./init"
+	}
+	if o.Packages == nil {
+		o.Packages = slices.Clone(DefaultPackages)
+	}
+	if !o.NoSystemImage && !o.SkipDisk {
+		if len(o.Packages) == 0 {
+			return fmt.Errorf("imagebuild: no packages for the system image (build without one instead)")
+		}
+		for _, p := range o.Packages {
+			if err := deb.CheckName(p); err != nil {
+				return fmt.Errorf("imagebuild: packages: %w", err)
+			}
+		}
+	}
+	if o.DebCache == "" {
+		o.DebCache = defaultDebCache()
 	}
 	if o.InitBinary == "" && o.SourceDir == "" {
 		d, err := FindSourceDir()
@@ -303,6 +348,18 @@ func (o *Options) assemble(initBin string, rep *Report) (*initramfs.Archive, int
 		}
 	}
 	rep.Parts = append(rep.Parts, Part{Name: "tools", Files: len(tools) + len(libs), Bytes: a.Size("") - before})
+	// The system image is mounted on /usr, and its programs name their
+	// loader and libraries by paths such as /lib64/ld-linux-x86-64.so.2:
+	// the archive has the links of a merged /usr (Debian's since
+	// bookworm) whether or not a tool put them there.
+	for _, d := range mergedDirs {
+		if d == "lib32" || d == "libx32" {
+			continue
+		}
+		if err := a.AddSymlink("/"+d, "usr/"+d); err != nil && !o.NoSystemImage && !o.SkipDisk {
+			return nil, 0, fmt.Errorf("imagebuild: the system image needs a merged /usr (/%s a link to usr/%s), and this host's is not: %w", d, d, err)
+		}
+	}
 
 	// Extra files, in a stable order.
 	before = a.Size("")
@@ -411,6 +468,9 @@ func (r *Report) Format(w io.Writer) {
 		fmt.Fprintln(w)
 	}
 	fmt.Fprintf(w, "  %-12s            %s uncompressed, %s compressed (goal ≤ 10.0 MiB)\n", "initramfs", human(r.InitramfsRaw), human(r.InitramfsCompressed))
+	if r.SystemImage != nil {
+		r.SystemImage.Format(w)
+	}
 	for _, a := range r.Artifacts {
 		fmt.Fprintf(w, "  %-40s %10s  sha256:%s\n", a.Path, human(a.Bytes), a.SHA256[:16])
 	}

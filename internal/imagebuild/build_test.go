@@ -10,7 +10,9 @@ import (
 )
 
 // TestReproducible builds the whole image twice into different directories
-// and requires byte-identical initramfs, disk and qcow2.
+// and requires byte-identical initramfs, system image, disk and qcow2, and
+// the same root hash; a system image of another package set has other
+// bytes and another root hash.
 func TestReproducible(t *testing.T) {
 	src, err := FindSourceDir()
 	if err != nil {
@@ -25,7 +27,7 @@ func TestReproducible(t *testing.T) {
 		}
 		reps = append(reps, rep)
 	}
-	for _, f := range []string{"init", "initramfs.img", "bulwark.img", "bulwark.qcow2", "vmlinuz"} {
+	for _, f := range []string{"init", "initramfs.img", "system.img", "bulwark.img", "bulwark.qcow2", "vmlinuz"} {
 		a, err := os.ReadFile(filepath.Join(dirs[0], f))
 		if err != nil {
 			t.Fatal(err)
@@ -38,12 +40,35 @@ func TestReproducible(t *testing.T) {
 			t.Errorf("%s differs between two builds of the same inputs", f)
 		}
 	}
+	a, b := reps[0].SystemImage, reps[1].SystemImage
+	if a == nil || b == nil {
+		t.Fatal("the default build has no system image")
+	}
+	if a.RootHash != b.RootHash || a.Salt != b.Salt || a.HashOffset != b.HashOffset {
+		t.Errorf("two builds: root hash %s and %s, salt %s and %s", a.RootHash, b.RootHash, a.Salt, b.Salt)
+	}
+	// Another package set: another image, another root hash.
+	o := Options{Packages: []string{"postgresql-15"}, SourceDir: src, OutDir: t.TempDir()}
+	if err := o.Prepare(); err != nil {
+		t.Fatal(err)
+	}
+	other := filepath.Join(o.OutDir, SystemImageFile)
+	si, _, err := o.buildSystemImage(context.Background(), other)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if si.RootHash == a.RootHash {
+		t.Error("postgresql-15 without pgaudit has the same root hash as with it")
+	}
+	if x, y := digestOf(t, other), digestOf(t, filepath.Join(dirs[0], SystemImageFile)); x == y {
+		t.Error("postgresql-15 without pgaudit gave the same system image")
+	}
 	if reps[0].InitramfsCompressed > 10<<20 {
 		t.Errorf("initramfs is %d bytes compressed; the goal is at most 10 MiB", reps[0].InitramfsCompressed)
 	}
 	var out bytes.Buffer
 	reps[0].Format(&out)
-	for _, part := range []string{"init", "modules", "tools", "initramfs", "bulwark.img"} {
+	for _, part := range []string{"init", "modules", "tools", "initramfs", "system image", "root hash " + a.RootHash, "bulwark.img"} {
 		if !strings.Contains(out.String(), part) {
 			t.Errorf("build report lacks %s:\n%s", part, out.String())
 		}
@@ -59,7 +84,7 @@ func TestCmdlineChangesDisk(t *testing.T) {
 	var disks [][]byte
 	for _, extra := range []string{"", "bulwark.test=1"} {
 		d := t.TempDir()
-		if _, err := Build(context.Background(), Options{OutDir: d, SourceDir: src, CmdlineExtra: extra}); err != nil {
+		if _, err := Build(context.Background(), Options{OutDir: d, SourceDir: src, CmdlineExtra: extra, NoSystemImage: true}); err != nil {
 			t.Fatal(err)
 		}
 		b, err := os.ReadFile(filepath.Join(d, "bulwark.img"))
@@ -81,6 +106,8 @@ func TestBadOptions(t *testing.T) {
 		{Options{Formats: []string{"vmdk"}}, `output format "vmdk"`},
 		{Options{KernelVersion: "0.0.0-none"}, "kernel 0.0.0-none is incomplete"},
 		{Options{CmdlineExtra: "a\nb"}, "line breaks"},
+		{Options{Packages: []string{"postgresql-15", "-o Debug::pkgProblemResolver=1"}}, `packages: deb: "-o Debug::pkgProblemResolver=1" is not a Debian package name`},
+		{Options{Packages: []string{}}, "no packages for the system image"},
 	}
 	for _, c := range cases {
 		c.o.OutDir = t.TempDir()
@@ -98,4 +125,13 @@ func TestCompareVersions(t *testing.T) {
 	if compareVersions("6.10.0-1-amd64", "6.9.0-1-amd64") <= 0 {
 		t.Error("6.10 sorted before 6.9")
 	}
+}
+
+func digestOf(t *testing.T, p string) string {
+	t.Helper()
+	a, err := describe(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a.SHA256
 }

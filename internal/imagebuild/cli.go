@@ -14,7 +14,7 @@ func Main(ctx context.Context, args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("image build", flag.ContinueOnError)
 	fs.SetOutput(stdout)
 	var o Options
-	var modules, tools, files string
+	var modules, tools, files, packages string
 	var qcow2, asJSON bool
 	var diskMiB int64
 	fs.StringVar(&o.OutDir, "out", "out", "output directory")
@@ -24,6 +24,8 @@ func Main(ctx context.Context, args []string, stdout io.Writer) error {
 	fs.StringVar(&tools, "tools", "", "comma-separated extra ELF programs (absolute host paths)")
 	fs.StringVar(&files, "files", "", "comma-separated extra files as DEST=SRC")
 	fs.StringVar(&o.CmdlineExtra, "cmdline", "", "extra kernel command line arguments")
+	fs.StringVar(&packages, "packages", strings.Join(DefaultPackages, ","), "comma-separated Debian packages (name or name=version) for the system image; none for no system image")
+	fs.StringVar(&o.DebCache, "deb-cache", "", "directory keeping the fetched .deb files (default: ~/.cache/bulwark/debs)")
 	fs.Int64Var(&diskMiB, "disk-size", DefaultDiskSize>>20, "UEFI disk size in MiB")
 	fs.BoolVar(&qcow2, "qcow2", false, "also write bulwark.qcow2")
 	fs.BoolVar(&o.SkipDisk, "no-disk", false, "build vmlinuz and the initramfs only")
@@ -33,6 +35,14 @@ func Main(ctx context.Context, args []string, stdout io.Writer) error {
 	}
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))
+	}
+	if packages == "none" {
+		o.NoSystemImage = true
+	} else {
+		o.Packages = splitList(packages)
+		if len(o.Packages) == 0 {
+			return fmt.Errorf("-packages: give packages, or none for no system image")
+		}
 	}
 	o.ExtraModules = splitList(modules)
 	o.ExtraTools = splitList(tools)
