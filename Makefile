@@ -12,9 +12,11 @@ PACKER := $(OUT)/tools/packer
 # only the baseline of the firewall benchmark; postgresql is the real
 # database behind the front door in its test; gcc lets the race detector,
 # which needs cgo, check the concurrent module loader; tmux gives bulwarkctl's
-# progress test a terminal).
+# progress test a terminal; squashfs-tools makes the system image's file
+# system, from packages the build fetches with apt-get download, and
+# cryptsetup-bin's veritysetup checks its hash tree in the tests).
 DEBS := linux-image-amd64 systemd-boot-efi ovmf qemu-system-x86 qemu-utils \
-        e2fsprogs dosfstools mtools cryptsetup-bin iproute2 nftables iputils-ping \
+        e2fsprogs dosfstools mtools cryptsetup-bin squashfs-tools iproute2 nftables iputils-ping \
         dnsmasq-base swtpm swtpm-tools iptables postgresql tcpdump lz4 python3-cryptography age gcc tmux
 
 export CGO_ENABLED := 0
