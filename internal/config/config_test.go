@@ -203,6 +203,9 @@ func TestBackupSection(t *testing.T) {
 		{"not in egress", `+"region":"r","store":{"s3":{"endpoint":"https://10.99.0.41:9000","bucket":"bkt","access_key":"a","secret_key":"s"}},"sources":[{"kind":"tree","path":"/data"}]`, "not in firewall.egress.backup"},
 		{"bucket", `+"region":"r","store":{"s3":{"endpoint":"https://10.99.0.40:9000","bucket":"Bad_Bucket","access_key":"a","secret_key":"s"}},"sources":[{"kind":"tree","path":"/data"}]`, "backup.store.s3.bucket"},
 		{"no keys", `+"region":"r","store":{"s3":{"endpoint":"https://10.99.0.40:9000","bucket":"bkt"}},"sources":[{"kind":"tree","path":"/data"}]`, "access_key and secret_key"},
+		// A redacted config given to a node by mistake: its commitment is
+		// no secret, and would be measured as a commitment of itself.
+		{"commitment as secret", `+"region":"r","store":{"s3":{"endpoint":"https://10.99.0.40:9000","bucket":"bkt","access_key":"a","secret_key":"` + CommitmentPrefix + strings.Repeat("ab", 32) + `","ca":` + s3CA(t) + `}},"sources":[{"kind":"tree","path":"/data"}]`, "backup.store.s3.secret_key: this is a redacted config's commitment"},
 		{"https without ca", `+"region":"r","store":{"s3":{"endpoint":"https://10.99.0.40:9000","bucket":"bkt","access_key":"a","secret_key":"s"}},"sources":[{"kind":"tree","path":"/data"}]`, "backup.store.s3.ca: an https endpoint needs"},
 		{"ca not a certificate", `+"region":"r","store":{"s3":{"endpoint":"https://10.99.0.40:9000","bucket":"bkt","access_key":"a","secret_key":"s","ca":"-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n"}},"sources":[{"kind":"tree","path":"/data"}]`, "backup.store.s3.ca: pki: certificate 1: a PEM PUBLIC KEY block"},
 		{"ca garbage", `+"region":"r","store":{"s3":{"endpoint":"https://10.99.0.40:9000","bucket":"bkt","access_key":"a","secret_key":"s","ca":"hello"}},"sources":[{"kind":"tree","path":"/data"}]`, "backup.store.s3.ca: pki: certificate 1: not PEM"},

@@ -210,17 +210,23 @@ func TestCommitments(t *testing.T) {
 
 // The node commits to every secret it holds, even one that looks like a
 // commitment: an S3 secret key that is literally the commitment an
-// auditor expects does not measure as that commitment.
+// auditor expects does not measure as that commitment. (The node now
+// refuses such a config outright; the redaction is checked too, in case
+// a config reaches it unvalidated.)
 func TestNodeCommitsToEverySecret(t *testing.T) {
 	full, _ := fullDoc(t)
 	expected := mustCanonical(t, full)
 	var r Config
 	json.Unmarshal(expected, &r)
 	forged := strings.Replace(full, `"secret_key":"s"`, `"secret_key":"`+r.Backup.Store.S3.SecretKey+`"`, 1)
-	c, err := Parse([]byte(forged))
+	if _, err := Parse([]byte(forged)); err == nil || !strings.Contains(err.Error(), "backup.store.s3.secret_key") {
+		t.Errorf("a config whose S3 secret key is a commitment: %v; want it refused", err)
+	}
+	c, err := Parse([]byte(full))
 	if err != nil {
 		t.Fatal(err)
 	}
+	c.Backup.Store.S3.SecretKey = r.Backup.Store.S3.SecretKey
 	measured, _ := c.Redacted()
 	if bytes.Equal(measured, expected) {
 		t.Fatal("a node whose S3 secret key is the expected commitment measures as the expected config")

@@ -216,6 +216,12 @@ func (c *Config) validateS3(s *S3) error {
 	if s.AccessKey == "" || s.SecretKey == "" {
 		return errors.New("backup.store.s3: access_key and secret_key are required")
 	}
+	// A redacted config holds commitments where the secrets were: one on
+	// a node would be measured as the commitment of itself, and no
+	// auditor's copy would match.
+	if strings.HasPrefix(s.SecretKey, CommitmentPrefix) {
+		return errors.New("backup.store.s3.secret_key: this is a redacted config's commitment, not the secret: give the node the full config")
+	}
 	// An IP endpoint must be open in the firewall's egress, or every
 	// upload would be refused at the node's own firewall.
 	if addr, err := netip.ParseAddr(u.Hostname()); err == nil {

@@ -26,10 +26,11 @@ import (
 	"github.com/bulwarkvm/bulwark/internal/safego"
 )
 
-// Limits of one message.
+// Limits of one message, and of the requests handled at once.
 const (
-	MaxMessage = 64 << 10
-	MaxFDs     = 4
+	MaxMessage  = 64 << 10
+	MaxFDs      = 4
+	MaxInFlight = 32
 )
 
 // OpReady is what every service calls once it has confined itself and
@@ -70,12 +71,13 @@ type Peer struct {
 	handlers map[string]Handler
 	onReject func(reason string)
 
-	wmu     sync.Mutex
-	mu      sync.Mutex
-	nextID  uint64
-	pending map[uint64]chan reply
-	closed  bool
-	done    chan struct{}
+	wmu      sync.Mutex
+	mu       sync.Mutex
+	nextID   uint64
+	pending  map[uint64]chan reply
+	inflight chan struct{}
+	closed   bool
+	done     chan struct{}
 }
 
 type reply struct {
@@ -121,7 +123,7 @@ func New(f *os.File, o Options) (*Peer, error) {
 		o.OnReject = func(string) {}
 	}
 	return &Peer{fd: fd, name: o.Name, want: o.Want, handlers: o.Handlers, onReject: o.OnReject,
-		pending: map[uint64]chan reply{}, done: make(chan struct{})}, nil
+		pending: map[uint64]chan reply{}, inflight: make(chan struct{}, MaxInFlight), done: make(chan struct{})}, nil
 }
 
 // Done is closed when the connection has ended.
@@ -200,7 +202,21 @@ func (p *Peer) Serve(ctx context.Context) error {
 			ch <- reply{m, fds}
 			continue
 		}
-		safego.Go("control "+p.name+" "+m.Op, func() { p.handle(ctx, m, fds) })
+		// At most MaxInFlight requests are handled at once; past that
+		// the request is answered "busy" at once, so that the other end
+		// cannot make this one start goroutines without bound.
+		select {
+		case p.inflight <- struct{}{}:
+			safego.Go("control "+p.name+" "+m.Op, func() {
+				defer func() { <-p.inflight }()
+				p.handle(ctx, m, fds)
+			})
+		default:
+			closeAll(fds)
+			if err := p.send(message{ID: m.ID, Reply: true, Err: "busy: too many requests under way"}, nil); err != nil {
+				p.onReject(fmt.Sprintf("control %s: replying busy: %v", p.name, err))
+			}
+		}
 	}
 }
 

@@ -93,7 +93,7 @@ func TestCallsBothWaysWithDescriptors(t *testing.T) {
 	}
 	// Concurrent calls are matched to their replies.
 	var wg sync.WaitGroup
-	for i := 0; i < 50; i++ {
+	for i := 0; i < MaxInFlight-2; i++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -177,4 +177,32 @@ func TestWrongSenderDropped(t *testing.T) {
 	if len(rejects) != 1 || !strings.Contains(rejects[0], "not from pid") {
 		t.Fatalf("rejects: %q", rejects)
 	}
+}
+
+// TestInFlightBound: past MaxInFlight requests under way, the next is
+// answered "busy" at once instead of starting another goroutine.
+func TestInFlightBound(t *testing.T) {
+	release := make(chan struct{})
+	h := map[string]Handler{"block": func(context.Context, json.RawMessage, []*os.File) (any, []*os.File, error) {
+		<-release
+		return nil, nil, nil
+	}}
+	server, client := pair(t, Options{Name: "svc", Handlers: h}, Options{Name: "pid1"})
+	ctx := context.Background()
+	var wg sync.WaitGroup
+	for i := 0; i < MaxInFlight; i++ {
+		wg.Add(1)
+		go func() { defer wg.Done(); client.Call(ctx, "block", nil, nil) }()
+	}
+	for deadline := time.Now().Add(5 * time.Second); len(server.inflight) < MaxInFlight; {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d requests under way, want %d", len(server.inflight), MaxInFlight)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if _, err := client.Call(ctx, "block", nil, nil); err == nil || !strings.Contains(err.Error(), "busy") {
+		t.Errorf("request %d: %v; want busy", MaxInFlight+1, err)
+	}
+	close(release)
+	wg.Wait()
 }

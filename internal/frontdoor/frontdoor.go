@@ -137,7 +137,7 @@ func Listen(o Options) (*Server, error) {
 	if o.IdleTimeout == 0 {
 		o.IdleTimeout = DefaultIdleTimeout
 	}
-	if fit := fdBudget(); fit < o.MaxConns {
+	if fit := FDBudget(); fit < o.MaxConns {
 		o.MaxConns = fit
 	}
 	if o.Log == nil {
@@ -170,9 +170,10 @@ func (s *Server) Stats() Stats {
 		Limit: s.o.MaxConns, OverLimit: s.over.Load(), Idle: s.idle.Load()}
 }
 
-// fdBudget is how many proxied connections (two descriptors each) fit in
+// FDBudget is how many proxied connections (two descriptors each) fit in
 // the process's descriptor limit once FDReserve is kept back; at least 1.
-func fdBudget() int {
+// Several front doors in one process share it: give each its part.
+func FDBudget() int {
 	var rl unix.Rlimit
 	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &rl); err != nil || rl.Cur > 1<<30 {
 		return DefaultMaxConns

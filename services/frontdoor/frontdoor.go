@@ -128,7 +128,15 @@ func Main(ctl *os.File, listeners []*os.File) int {
 		return 1
 	}
 	log.Info("confined", "landlock", rep.Landlock, "seccomp", rep.Seccomp)
+	// The doors share the process's descriptors: each gets its part of
+	// the budget, and no more than it asked for.
+	share := max(1, door.FDBudget()/max(1, len(cfg.Doors)))
 	for i, d := range cfg.Doors {
+		limit := d.MaxConns
+		if limit == 0 {
+			limit = door.DefaultMaxConns
+		}
+		d.MaxConns = min(limit, share)
 		s, err := door.Listen(door.Options{
 			Listener: lns[i], Protocol: d.Protocol, Backend: d.Backend,
 			TLS:          &tls.Config{Certificates: []tls.Certificate{cert}},
