@@ -29,8 +29,10 @@ func main() {
 	b.stage("firewall", applyFirewall)        // default deny, then the policy; before any link is up
 	b.stage("network", configureNetwork)      // links, addresses, routes, hostname
 	b.stage("ipsec", startIPsec)              // ESP-only policies, keying with peers over mTLS
+	b.stage("system image", setUpSystemImage) // root hash from the command line, dm-verity, read-only mount
 	b.stage("volumes", setUpVolumes)          // fresh key, LUKS2, dm-crypt, ext4, mount
-	b.stage("measure", measure)               // config, ruleset, LUKS2 headers into PCR 15; attestation key
+	b.stage("usr", mountSystemUsr)            // the system image becomes /usr
+	b.stage("measure", measure)               // config, ruleset, LUKS2 headers, system image into PCR 15; attestation key
 	b.stage("workload", startWorkload)        // the database, unprivileged, owns the volumes
 	b.stage("backup", startBackups)           // public key only, store in the node's region, schedule
 	b.stage("services", startServices)        // TLS front door, mTLS management API

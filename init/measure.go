@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"encoding/hex"
 	"fmt"
 
 	"github.com/bulwarkvm/bulwark/internal/mgmt"
@@ -10,8 +11,9 @@ import (
 
 // measure extends PCR 15 with what the node's security rests on, before
 // any service (the workload included) starts: the config in its redacted
-// form, the firewall ruleset as read back from the kernel, and each LUKS2
-// header as written; then it makes the attestation key that quotes them
+// form, the firewall ruleset as read back from the kernel, each LUKS2
+// header as written, and the system image's root hash when there is one;
+// then it makes the attestation key that quotes them
 // (docs/attestation.md). Without a TPM there is nothing to measure into.
 func measure(b *boot) (string, error) {
 	if b.tpm == nil {
@@ -48,6 +50,13 @@ func measure(b *boot) (string, error) {
 	for _, v := range b.volumes {
 		events = append(events, tpm.Event{Kind: tpm.EventLUKS2, Name: v.Name, SHA256: v.HeaderSHA256})
 	}
+	// The system image's root hash, before the workload runs anything
+	// from it: bulwarkctl attest --image compares it with the build.
+	what := ""
+	if sysImg != nil {
+		events = append(events, tpm.Event{Kind: tpm.EventSystemImage, Name: usrMount, SHA256: hex.EncodeToString(sysImg.root)})
+		what = ", system image"
+	}
 	for _, e := range events {
 		if err := b.tpm.Measure(e); err != nil {
 			return "", err
@@ -58,7 +67,7 @@ func measure(b *boot) (string, error) {
 	}
 	fp := tpm.AKFingerprint(b.tpm.AKPublic())
 	b.log.Info("attestation key sha256:" + fp)
-	detail := fmt.Sprintf("PCR %d: %d events (config, firewall ruleset, %d LUKS2 headers); attestation key sha256:%s", tpm.PCR, len(events), len(b.volumes), fp[:16])
+	detail := fmt.Sprintf("PCR %d: %d events (config, firewall ruleset, %d LUKS2 headers%s); attestation key sha256:%s", tpm.PCR, len(events), len(b.volumes), what, fp[:16])
 	if degraded != "" {
 		return "", warning{detail + "; " + degraded}
 	}

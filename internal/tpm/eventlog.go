@@ -17,6 +17,9 @@ const (
 	EventConfig   = "config"           // the config's canonical redacted form (config.Config.Redacted)
 	EventFirewall = "firewall-ruleset" // the ruleset, as read back from the kernel
 	EventLUKS2    = "luks2-header"     // one volume's LUKS2 header area, as written
+	// EventSystemImage is the system image's dm-verity root hash (the
+	// digest is the root hash itself, which commits to every block).
+	EventSystemImage = "system-image"
 )
 
 // Event is one measurement: what was measured and the SHA-256 of it.
