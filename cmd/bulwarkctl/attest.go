@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/bulwarkvm/bulwark/internal/config"
+	"github.com/bulwarkvm/bulwark/internal/imagebuild"
 	"github.com/bulwarkvm/bulwark/internal/tpm"
 )
 
@@ -25,7 +26,7 @@ type attestRecord struct {
 }
 
 func attestCmd() *cobra.Command {
-	var cfg, pin, save string
+	var cfg, pin, save, image string
 	c := &cobra.Command{
 		Use:   "attest",
 		Short: "Ask a node for a TPM quote over a fresh nonce and check it",
@@ -34,16 +35,19 @@ the quote's signature by the node's attestation key (pinned with --ak),
 that it is over this nonce, PCR 15 replayed from the event log, and, with
 --config, the config digest against the config the node should run (the
 full file or its redacted form, bulwarkctl config redact: both give the
-digest the node measured). Prints what matched and what did not; exit 1
-on any mismatch. --save keeps the answer for attest verify.`,
+digest the node measured), and, with --image, the system image's root hash
+against the build report of the image the node should run. Prints what
+matched and what did not; exit 1 on any mismatch. --save keeps the answer
+for attest verify.`,
 		Example: `  bulwarkctl attest --config the-config-it-should-run.json --ak 3b0c… --node 10.0.0.10:9443 --ca ca.pem --cert auditor.pem --key auditor.key
-  bulwarkctl attest --config redacted.json --save answer.json`,
+  bulwarkctl attest --config redacted.json --image out/build-report.json --save answer.json`,
 		Args: noArgs,
 	}
 	nf := addNodeFlags(c, "print the checks as JSON")
 	c.Flags().StringVar(&cfg, "config", "", "the config `FILE` the node should have booted with: the full file or its redacted form")
 	c.Flags().StringVar(&pin, "ak", "", "the node's attestation key `FINGERPRINT` (sha256 hex) to require")
 	c.Flags().StringVar(&save, "save", "", "write the nonce and the node's answer to this `FILE`")
+	c.Flags().StringVar(&image, "image", "", "the build report `FILE` (out/build-report.json) of the image the node should run")
 	c.RunE = func(cmd *cobra.Command, args []string) error {
 		cl, err := nf.client()
 		if err != nil {
@@ -66,21 +70,21 @@ on any mismatch. --save keeps the answer for attest verify.`,
 				return err
 			}
 		}
-		return reportAttestation(rec, cfg, pin, nf.json, cmd.OutOrStdout())
+		return reportAttestation(rec, cfg, pin, image, nf.json, cmd.OutOrStdout())
 	}
 	c.AddCommand(attestVerifyCmd())
 	return c
 }
 
 func attestVerifyCmd() *cobra.Command {
-	var cfg, pin, nonce string
+	var cfg, pin, nonce, image string
 	var asJSON bool
 	c := &cobra.Command{
 		Use:   "verify FILE",
 		Short: "Check a saved attestation answer (attest --save) offline",
 		Long: `Checks an answer saved with attest --save, as attest does: signature,
 nonce (the one saved with it, or --nonce), PCR 15 replayed from the event
-log, and the config digest with --config.`,
+log, the config digest with --config, the system image with --image.`,
 		Example: `  bulwarkctl attest verify answer.json --config redacted.json --ak 3b0c…
   bulwarkctl attest verify answer.json --nonce 9f86… --json`,
 		Args: exactArgs(1, "give the saved answer's file"),
@@ -96,24 +100,25 @@ log, and the config digest with --config.`,
 			if nonce != "" {
 				rec.Nonce = nonce
 			}
-			return reportAttestation(rec, cfg, pin, asJSON, cmd.OutOrStdout())
+			return reportAttestation(rec, cfg, pin, image, asJSON, cmd.OutOrStdout())
 		},
 	}
 	c.Flags().StringVar(&cfg, "config", "", "the config `FILE` the node should have booted with: the full file or its redacted form")
 	c.Flags().StringVar(&pin, "ak", "", "the attestation key `FINGERPRINT` to require")
 	c.Flags().StringVar(&nonce, "nonce", "", "the nonce (hex) the answer must be for (default: the one saved with it)")
+	c.Flags().StringVar(&image, "image", "", "the build report `FILE` of the image the node should run")
 	c.Flags().BoolVar(&asJSON, "json", false, "print the checks as JSON")
 	return c
 }
 
 // reportAttestation runs the checks and prints them as text, or as JSON
 // (the same lines, with a verdict).
-func reportAttestation(rec attestRecord, cfgFile, pin string, asJSON bool, stdout io.Writer) error {
+func reportAttestation(rec attestRecord, cfgFile, pin, image string, asJSON bool, stdout io.Writer) error {
 	if !asJSON {
-		return checkAttestation(rec, cfgFile, pin, stdout)
+		return checkAttestation(rec, cfgFile, pin, image, stdout)
 	}
 	var text bytes.Buffer
-	err := checkAttestation(rec, cfgFile, pin, &text)
+	err := checkAttestation(rec, cfgFile, pin, image, &text)
 	var ue usageError
 	if errors.As(err, &ue) {
 		return err
@@ -132,7 +137,7 @@ func reportAttestation(rec attestRecord, cfgFile, pin string, asJSON bool, stdou
 
 // checkAttestation prints what matched and what did not; any mismatch is
 // an error (exit code 1).
-func checkAttestation(rec attestRecord, cfgFile, pin string, stdout io.Writer) error {
+func checkAttestation(rec attestRecord, cfgFile, pin, image string, stdout io.Writer) error {
 	nonce, err := hex.DecodeString(rec.Nonce)
 	if err != nil {
 		return usageError{"the nonce is not hex"}
@@ -157,6 +162,23 @@ func checkAttestation(rec attestRecord, cfgFile, pin string, stdout io.Writer) e
 			cfgEvent = &q.Events[i]
 		}
 	}
+	cfgErr := checkConfig(cfgEvent, cfgFile, stdout)
+	imgErr := checkSystemImage(q.Events, image, stdout)
+	for _, err := range []error{cfgErr, imgErr} {
+		if err != nil && !errors.Is(err, errAttestation) {
+			return err // a file that cannot be read
+		}
+	}
+	if cfgErr != nil || imgErr != nil {
+		return errAttestation
+	}
+	return nil
+}
+
+var errAttestation = errors.New("attestation failed")
+
+// checkConfig compares the config event with the config file.
+func checkConfig(cfgEvent *tpm.Event, cfgFile string, stdout io.Writer) error {
 	if cfgFile == "" {
 		fmt.Fprintln(stdout, "note no --config given: the config digest was not compared")
 		return nil
@@ -172,7 +194,7 @@ func checkAttestation(rec attestRecord, cfgFile, pin string, stdout io.Writer) e
 	clear(doc) // it may hold the node's secrets
 	if err != nil {
 		fmt.Fprintf(stdout, "FAIL config: %s: %v\n", cfgFile, err)
-		return errors.New("attestation failed")
+		return errAttestation
 	}
 	want := config.Digest(canon)
 	switch {
@@ -184,5 +206,53 @@ func checkAttestation(rec attestRecord, cfgFile, pin string, stdout io.Writer) e
 		fmt.Fprintf(stdout, "ok   config digest sha256:%s is that of %s (redacted)\n", want, cfgFile)
 		return nil
 	}
-	return errors.New("attestation failed")
+	return errAttestation
+}
+
+// checkSystemImage compares the node's system-image event (the root hash
+// its init mapped /usr with) with the system image of a build report.
+func checkSystemImage(events []tpm.Event, reportFile string, stdout io.Writer) error {
+	if reportFile == "" {
+		fmt.Fprintln(stdout, "note no --image given: the system image was not compared")
+		return nil
+	}
+	b, err := os.ReadFile(reportFile)
+	if err != nil {
+		return err
+	}
+	var rep imagebuild.Report
+	if err := json.Unmarshal(b, &rep); err != nil {
+		fmt.Fprintf(stdout, "FAIL system image: %s is not a build report: %v\n", reportFile, err)
+		return errAttestation
+	}
+	var got []tpm.Event
+	for _, e := range events {
+		if e.Kind == tpm.EventSystemImage {
+			got = append(got, e)
+		}
+	}
+	si := rep.SystemImage
+	switch {
+	case si == nil && len(got) == 0:
+		fmt.Fprintf(stdout, "ok   no system image, as in the build %s\n", reportFile)
+		return nil
+	case si == nil:
+		fmt.Fprintf(stdout, "FAIL system image: the node runs root hash %s, the build %s has no system image\n", got[0].SHA256, reportFile)
+	case len(got) == 0:
+		fmt.Fprintf(stdout, "FAIL system image: the node booted without one (no %s event); the build has root hash %s\n", tpm.EventSystemImage, si.RootHash)
+	case len(got) > 1:
+		fmt.Fprintf(stdout, "FAIL system image: the event log has %d %s events\n", len(got), tpm.EventSystemImage)
+	case got[0].SHA256 != si.RootHash:
+		fmt.Fprintf(stdout, "FAIL system image: the node runs root hash %s, the build %s has %s\n", got[0].SHA256, reportFile, si.RootHash)
+	default:
+		var pkgs []string
+		for _, p := range si.Packages {
+			if p.Role == "requested" {
+				pkgs = append(pkgs, p.Name+" "+p.Version)
+			}
+		}
+		fmt.Fprintf(stdout, "ok   system image root hash %s is that of %s (%s)\n", si.RootHash, reportFile, strings.Join(pkgs, ", "))
+		return nil
+	}
+	return errAttestation
 }
