@@ -30,8 +30,9 @@ func packerBinary(t *testing.T) string {
 // TestPackerAcceptance installs the plugin into a real Packer, runs init,
 // validate and build on the example template, boots the image it built
 // under QEMU (UEFI) to ready, and checks that it is byte for byte the
-// image the make path builds from the same tree. Templates with bad values
-// fail validate with the field named.
+// image the make path builds from the same tree, the system image of its
+// packages included. Templates with bad values fail validate with the
+// field named.
 func TestPackerAcceptance(t *testing.T) {
 	packer := packerBinary(t)
 	work := t.TempDir()
@@ -78,6 +79,7 @@ func TestPackerAcceptance(t *testing.T) {
 		"cmdline":    {`cmdline_extra = "a\nb"`, "cmdline_extra: may not contain line breaks"},
 		"unknown":    {`colour = "blue"`, `colour`},
 		"source dir": {`source_dir = "/nonexistent"`, "source_dir: /nonexistent does not hold"},
+		"package":    {`packages = ["postgresql-15", "-o Debug=1"]`, `packages[1]: deb: "-o Debug=1" is not a Debian package name`},
 	} {
 		dir := filepath.Join(work, "bad-"+strings.ReplaceAll(name, " ", "-"))
 		os.MkdirAll(dir, 0o755)
@@ -101,7 +103,7 @@ build { sources = ["source.bulwark.bad"] }
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("the make path: %v\n%s", err, out)
 	}
-	for _, f := range []string{"vmlinuz", "initramfs.img", "bulwark.img", "bulwark.qcow2"} {
+	for _, f := range []string{"vmlinuz", "initramfs.img", "system.img", "bulwark.img", "bulwark.qcow2"} {
 		a, b := digest(t, filepath.Join(outDir, f)), digest(t, filepath.Join(makeOut, f))
 		if a != b {
 			t.Errorf("%s differs: Packer %s, make %s", f, a, b)

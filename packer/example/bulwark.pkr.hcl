@@ -30,6 +30,10 @@ source "bulwark" "node" {
   formats       = ["raw", "qcow2"]
   disk_size_mib = 128
   cmdline_extra = var.cmdline_extra
+  # The verified system image (the node's /usr): these Debian packages and
+  # the libraries they need. The same as the build's default, set here to
+  # show where an extension's package goes.
+  packages = ["postgresql-15", "postgresql-15-pgaudit"]
 }
 
 build {

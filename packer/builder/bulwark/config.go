@@ -17,6 +17,7 @@ import (
 	"github.com/hashicorp/packer-plugin-sdk/template/config"
 	"github.com/hashicorp/packer-plugin-sdk/template/interpolate"
 
+	"github.com/bulwarkvm/bulwark/internal/deb"
 	"github.com/bulwarkvm/bulwark/internal/imagebuild"
 	"github.com/bulwarkvm/bulwark/internal/kmod/resolve"
 )
@@ -26,7 +27,7 @@ type Config struct {
 	common.PackerConfig `mapstructure:",squash"`
 
 	// The directory the image is written to: vmlinuz, initramfs.img,
-	// bulwark.img (and bulwark.qcow2), build-report.json. Default
+	// system.img, bulwark.img (and bulwark.qcow2), build-report.json. Default
 	// `output-<build name>`. It must not exist, unless Packer runs with
 	// -force.
 	OutputDir string `mapstructure:"output_directory"`
@@ -55,6 +56,17 @@ type Config struct {
 	// The bulwark source tree the init is built from (go build, as by
 	// make image). Default: found from the working directory.
 	SourceDir string `mapstructure:"source_dir"`
+	// Debian packages (`name` or `name=version`, from the build host's apt
+	// sources) the verified system image is made of: their files, less
+	// documentation, man pages, locales other than C.UTF-8 and the LLVM
+	// JIT, and the shared libraries they need. Default
+	// `["postgresql-15", "postgresql-15-pgaudit"]`.
+	Packages []string `mapstructure:"packages"`
+	// Build no system image (the node then boots without one).
+	NoSystemImage bool `mapstructure:"no_system_image"`
+	// The directory keeping the fetched .deb files. Default
+	// `~/.cache/bulwark/debs`.
+	DebCache string `mapstructure:"deb_cache"`
 
 	ctx  interpolate.Context
 	opts imagebuild.Options
@@ -133,6 +145,14 @@ func (c *Config) Prepare(raws ...interface{}) ([]string, error) {
 			add(fmt.Sprintf("formats[%d]", i), "%q is not raw or qcow2", f)
 		}
 	}
+	if c.NoSystemImage && len(c.Packages) > 0 {
+		add("packages", "given with no_system_image = true")
+	}
+	for i, p := range c.Packages {
+		if err := deb.CheckName(p); err != nil {
+			add(fmt.Sprintf("packages[%d]", i), "%v", err)
+		}
+	}
 	if c.SourceDir != "" {
 		if _, err := os.Stat(filepath.Join(c.SourceDir, "init")); err != nil {
 			add("source_dir", "%s does not hold bulwark's init/ directory", c.SourceDir)
@@ -145,7 +165,7 @@ func (c *Config) Prepare(raws ...interface{}) ([]string, error) {
 		OutDir: c.OutputDir, Root: c.Root, KernelVersion: c.KernelVersion, KernelPath: c.KernelPath,
 		ExtraModules: c.ExtraModules, ExtraTools: c.ExtraTools, ExtraFiles: c.ExtraFiles,
 		CmdlineExtra: c.CmdlineExtra, DiskSize: int64(c.DiskSizeMiB) << 20, Formats: c.Formats,
-		SourceDir: c.SourceDir,
+		SourceDir: c.SourceDir, Packages: c.Packages, NoSystemImage: c.NoSystemImage, DebCache: c.DebCache,
 	}
 	if err := c.opts.Prepare(); err != nil {
 		field := "kernel_version"

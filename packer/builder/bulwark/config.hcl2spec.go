@@ -29,6 +29,9 @@ type FlatConfig struct {
 	DiskSizeMiB         *int              `mapstructure:"disk_size_mib" cty:"disk_size_mib" hcl:"disk_size_mib"`
 	Formats             []string          `mapstructure:"formats" cty:"formats" hcl:"formats"`
 	SourceDir           *string           `mapstructure:"source_dir" cty:"source_dir" hcl:"source_dir"`
+	Packages            []string          `mapstructure:"packages" cty:"packages" hcl:"packages"`
+	NoSystemImage       *bool             `mapstructure:"no_system_image" cty:"no_system_image" hcl:"no_system_image"`
+	DebCache            *string           `mapstructure:"deb_cache" cty:"deb_cache" hcl:"deb_cache"`
 }
 
 // FlatMapstructure returns a new FlatConfig.
@@ -62,6 +65,9 @@ func (*FlatConfig) HCL2Spec() map[string]hcldec.Spec {
 		"disk_size_mib":              &hcldec.AttrSpec{Name: "disk_size_mib", Type: cty.Number, Required: false},
 		"formats":                    &hcldec.AttrSpec{Name: "formats", Type: cty.List(cty.String), Required: false},
 		"source_dir":                 &hcldec.AttrSpec{Name: "source_dir", Type: cty.String, Required: false},
+		"packages":                   &hcldec.AttrSpec{Name: "packages", Type: cty.List(cty.String), Required: false},
+		"no_system_image":            &hcldec.AttrSpec{Name: "no_system_image", Type: cty.Bool, Required: false},
+		"deb_cache":                  &hcldec.AttrSpec{Name: "deb_cache", Type: cty.String, Required: false},
 	}
 	return s
 }

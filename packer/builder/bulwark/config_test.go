@@ -36,6 +36,7 @@ func TestPrepare(t *testing.T) {
 		{"root", "/nonexistent", "root: /nonexistent has no lib/modules"},
 		{"cmdline_extra", "a\nb", "cmdline_extra: may not contain line breaks"},
 		{"source_dir", "/tmp", "source_dir: /tmp does not hold"},
+		{"packages", []string{"postgresql-15", "x; rm -rf /"}, `packages[1]: deb: "x; rm -rf /" is not a Debian package name`},
 	} {
 		raw := good()
 		raw[tc.field] = tc.value
@@ -44,8 +45,28 @@ func TestPrepare(t *testing.T) {
 			t.Errorf("%s=%v: %v, want %q", tc.field, tc.value, err, tc.want)
 		}
 	}
-	// An existing output directory needs -force.
+	// The system image's packages reach the build; the default is the
+	// build's own.
+	if strings.Join(c.opts.Packages, ",") != "postgresql-15,postgresql-15-pgaudit" || c.opts.NoSystemImage {
+		t.Errorf("default packages: %q", c.opts.Packages)
+	}
 	raw := good()
+	raw["packages"] = []string{"postgresql-15", "postgresql-15-pgaudit", "postgresql-15-repack"}
+	c = Config{}
+	if _, err := c.Prepare(raw); err != nil || len(c.opts.Packages) != 3 {
+		t.Errorf("packages: %q, %v", c.opts.Packages, err)
+	}
+	raw["no_system_image"] = true
+	if _, err := new(Config).Prepare(raw); err == nil || !strings.Contains(err.Error(), "packages: given with no_system_image") {
+		t.Errorf("packages with no_system_image: %v", err)
+	}
+	delete(raw, "packages")
+	c = Config{}
+	if _, err := c.Prepare(raw); err != nil || !c.opts.NoSystemImage {
+		t.Errorf("no_system_image: %+v, %v", c.opts, err)
+	}
+	// An existing output directory needs -force.
+	raw = good()
 	raw["output_directory"] = t.TempDir()
 	if _, err := new(Config).Prepare(raw); err == nil || !strings.Contains(err.Error(), "output_directory:") {
 		t.Errorf("existing output directory: %v", err)
