@@ -17,6 +17,7 @@ import (
 
 	diskfs "github.com/diskfs/go-diskfs"
 	"github.com/diskfs/go-diskfs/partition/gpt"
+	"github.com/klauspost/compress/zstd"
 
 	"github.com/bulwarkvm/bulwark/internal/efidisk"
 	"github.com/bulwarkvm/bulwark/internal/verity"
@@ -374,5 +375,55 @@ func TestSysTreeResolve(t *testing.T) {
 	// Two packages with different files at one path.
 	if err := tr.put("/usr/lib/x86_64-linux-gnu/libz.so.1.2.13", &sysEntry{mode: 0o644, data: []byte("other"), pkg: "b"}); err == nil {
 		t.Error("a conflicting file was accepted")
+	}
+}
+
+// TestFileExtent: FileExtent finds the first data block of a program in
+// the system image: decompressed, it is the program's first bytes as
+// unsquashfs reads them, and one byte flipped inside it changes what the
+// file reads as (or makes it unreadable), and nothing else.
+func TestFileExtent(t *testing.T) {
+	dir, rep := built(t)
+	img := filepath.Join(dir, SystemImageFile)
+	const prog = "lib/postgresql/15/bin/postgres"
+	off, n, err := FileExtent(img, prog)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if off <= 0 || n <= 0 || off+n > rep.SystemImage.DataBytes {
+		t.Fatalf("extent %d+%d is outside the data area (%d bytes)", off, n, rep.SystemImage.DataBytes)
+	}
+	want, err := exec.Command("unsquashfs", "-cat", img, prog).Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw := make([]byte, n)
+	f, _ := os.Open(img)
+	f.ReadAt(raw, off)
+	f.Close()
+	d, _ := zstd.NewReader(nil)
+	got, err := d.DecodeAll(raw, nil)
+	d.Close()
+	if err != nil {
+		t.Fatalf("the extent does not decompress: %v", err)
+	}
+	if len(got) != squashfsBlock || !bytes.Equal(got, want[:squashfsBlock]) {
+		t.Fatalf("the extent holds %d bytes that are not the program's first block", len(got))
+	}
+	if _, _, err := FileExtent(img, "lib/postgresql/15/bin/nosuch"); err == nil {
+		t.Error("a file that does not exist was found")
+	}
+	if _, _, err := FileExtent(img, "lib/postgresql/15/bin"); err == nil {
+		t.Error("a directory was taken for a file")
+	}
+	b, _ := os.ReadFile(img)
+	b[off+n/2] ^= 0xff
+	damaged := filepath.Join(t.TempDir(), "damaged.img")
+	os.WriteFile(damaged, b, 0o600)
+	if out, err := exec.Command("unsquashfs", "-cat", damaged, prog).Output(); err == nil && bytes.Equal(out, want) {
+		t.Error("the flipped byte is not in the program")
+	}
+	if out, err := exec.Command("unsquashfs", "-cat", damaged, "lib/postgresql/15/bin/initdb").Output(); err != nil || len(out) == 0 {
+		t.Errorf("another program was damaged too: %v", err)
 	}
 }
