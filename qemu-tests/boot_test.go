@@ -71,8 +71,12 @@ func TestDirectBoot(t *testing.T) {
 }
 
 // TestUEFIBoot boots the GPT disk through OVMF and systemd-boot, with the
-// config on a BULWARKCFG volume instead of fw_cfg and a TPM (swtpm).
+// config on a BULWARKCFG volume instead of fw_cfg and a TPM (swtpm). The
+// loader entry binds the system image's root hash: the node finds the
+// image's usr and usr-verity partitions on the disk, mounts it on /usr and
+// measures it.
 func TestUEFIBoot(t *testing.T) {
+	rep, _ := builtReport(t, image(t))
 	vm := harness.Start(t, harness.Options{Name: "uefi", Image: image(t), UEFI: true,
 		Config: []byte(`{"version":1,"hostname":"uefi-node"}`), ConfigVolume: true, TPM: true})
 	ready := vm.MustWaitFor(`^bulwark: ready$`, 2*bootTimeout)
@@ -87,7 +91,9 @@ func TestUEFIBoot(t *testing.T) {
 	}
 	// PCR 15 was zero when the init measured: neither OVMF nor
 	// systemd-boot extends it (docs/attestation.md relies on that).
-	vm.MustWaitFor(`^bulwark:   measure +ok .*PCR 15: 2 events \(config, firewall ruleset, 0 LUKS2 headers\)`, time.Second)
+	vm.MustWaitFor(`^bulwark:   system image +ok +root hash `+rep.SystemImage.RootHash[:16]+`…, /dev/vd[a-z]2 and /dev/vd[a-z]3 \(usr and usr-verity partitions\)`, time.Second)
+	vm.MustWaitFor(`^bulwark:   usr +ok +the system image on /usr`, time.Second)
+	vm.MustWaitFor(`^bulwark:   measure +ok .*PCR 15: 3 events \(config, firewall ruleset, 0 LUKS2 headers, system image\)`, time.Second)
 	if err := vm.PowerOff(offTimeout); err != nil {
 		t.Fatal(err)
 	}
