@@ -1,6 +1,8 @@
 // Command image builds the bulwark node image into out/: vmlinuz, the
-// initramfs, the UEFI disk bulwark.img (and bulwark.qcow2 with -qcow2), and
-// build-report.json. `bulwarkctl image build` is the same command.
+// initramfs, the verified system image system.img (from the Debian
+// packages of -packages; docs/image.md), the UEFI disk bulwark.img (and
+// bulwark.qcow2 with -qcow2), and build-report.json. `bulwarkctl image
+// build` is the same command.
 package main
 
 import (
