@@ -18,6 +18,7 @@ import (
 	diskfs "github.com/diskfs/go-diskfs"
 	"github.com/diskfs/go-diskfs/partition/gpt"
 	"github.com/klauspost/compress/zstd"
+	"github.com/u-root/u-root/pkg/cpio"
 
 	"github.com/bulwarkvm/bulwark/internal/efidisk"
 	"github.com/bulwarkvm/bulwark/internal/verity"
@@ -122,27 +123,27 @@ func TestSystemImageVeritysetup(t *testing.T) {
 	}
 }
 
-// TestSystemImageRuns mounts the system image's squashfs with the host's
-// kernel, as the node's /usr under a directory with the merged-/usr links
-// the initramfs has, and runs the database's programs from it in a chroot:
-// their loader and every library come from the image.
+// TestSystemImageRuns unpacks the built initramfs, mounts the system
+// image's squashfs on its /usr with the host's kernel (as the node's usr
+// stage does, without dm-verity, which the host lacks), and runs the
+// database's programs from it in a chroot as an unprivileged user: their
+// loader (through the initramfs's /lib64 link) and every library come
+// from the image.
 func TestSystemImageRuns(t *testing.T) {
 	if os.Getuid() != 0 {
 		t.Skip("needs root to mount the image and chroot")
 	}
 	dir, rep := built(t)
 	root := t.TempDir()
-	for _, d := range []string{"usr", "tmp", "dev"} {
-		os.Mkdir(filepath.Join(root, d), 0o755)
-	}
-	for _, d := range []string{"lib", "lib64", "bin", "sbin"} {
-		os.Symlink("usr/"+d, filepath.Join(root, d))
-	}
+	unpackInitramfs(t, filepath.Join(dir, "initramfs.img"), root)
 	mnt := filepath.Join(root, "usr")
 	if out, err := exec.Command("mount", "-t", "squashfs", "-o", "loop,ro,nodev,nosuid", filepath.Join(dir, SystemImageFile), mnt).CombinedOutput(); err != nil {
 		t.Fatalf("mounting the system image: %v\n%s", err, out)
 	}
 	defer exec.Command("umount", mnt).Run()
+	if _, err := os.Stat(filepath.Join(root, "usr/sbin/mke2fs")); err == nil {
+		t.Error("the initramfs's /usr shows through the system image")
+	}
 	for _, prog := range []string{"postgres", "initdb", "pg_ctl"} {
 		out, err := exec.Command("chroot", "--userspec=65534:65534", root, "/usr/lib/postgresql/15/bin/"+prog, "--version").CombinedOutput()
 		if err != nil || !strings.HasPrefix(string(out), prog+" (PostgreSQL) 15.") {
@@ -151,6 +152,47 @@ func TestSystemImageRuns(t *testing.T) {
 	}
 	if rep.SystemImage.MountPoint != "/usr" {
 		t.Errorf("mount point %s", rep.SystemImage.MountPoint)
+	}
+}
+
+// unpackInitramfs writes the directories, files and links of an
+// initramfs (LZ4 legacy frame, newc cpio) under root.
+func unpackInitramfs(t *testing.T, img, root string) {
+	t.Helper()
+	f, err := os.Open(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	cmd := exec.Command("lz4", "-d", "-c")
+	cmd.Stdin = f
+	raw, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("lz4 -d: %v", err)
+	}
+	recs, err := cpio.ReadAllRecords(cpio.Newc.Reader(bytes.NewReader(raw)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range recs {
+		p := filepath.Join(root, r.Name)
+		var content []byte
+		if r.ReaderAt != nil {
+			content, _ = io.ReadAll(io.NewSectionReader(r.ReaderAt, 0, int64(r.FileSize)))
+		}
+		switch r.Mode & cpio.S_IFMT {
+		case cpio.S_IFDIR:
+			err = os.MkdirAll(p, 0o755)
+		case cpio.S_IFLNK:
+			os.MkdirAll(filepath.Dir(p), 0o755)
+			err = os.Symlink(string(content), p)
+		case cpio.S_IFREG:
+			os.MkdirAll(filepath.Dir(p), 0o755)
+			err = os.WriteFile(p, content, fs.FileMode(r.Mode&0o7777))
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
 	}
 }
 
