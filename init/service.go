@@ -6,6 +6,7 @@ import (
 	"strconv"
 
 	"github.com/bulwarkvm/bulwark/services/frontdoor"
+	"github.com/bulwarkvm/bulwark/services/mgmt"
 )
 
 // runService is the init binary started as a service (see supervise.go):
@@ -33,6 +34,8 @@ func runService(argv []string) int {
 	switch argv[1] {
 	case "frontdoor":
 		return frontdoor.Main(ctl, files)
+	case "mgmt":
+		return mgmt.Main(ctl, files)
 	}
 	fmt.Fprintln(os.Stderr, "bulwark: no service", argv[1])
 	return 2

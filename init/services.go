@@ -12,15 +12,15 @@ import (
 	fdsvc "github.com/bulwarkvm/bulwark/services/frontdoor"
 )
 
-// startServices opens the TLS front door on each configured client port
-// and the management API (mutual TLS) on the management port. Without a
-// tls section neither runs: no client port ever speaks plaintext.
+// startServices starts the TLS front door on each configured client port
+// and the management API (mutual TLS) on the management port, each as a
+// supervised process of its own. Without a tls section neither runs: no
+// client port ever speaks plaintext.
 func startServices(b *boot) (string, error) {
-	t := b.cfg.TLS
-	if t == nil {
+	if b.cfg.TLS == nil {
 		return "no tls section: no front door, no management API", nil
 	}
-	cert, ca := b.nodeCert, b.projectCA
+	ca := b.projectCA
 	var parts []string
 	if len(b.cfg.FrontDoor) > 0 {
 		detail, err := b.startFrontDoor()
@@ -30,25 +30,11 @@ func startServices(b *boot) (string, error) {
 		parts = append(parts, detail)
 	}
 	port := b.cfg.Firewall.EffectiveManagementPort()
-	m, err := mgmt.Listen(mgmt.Options{
-		Addr:    fmt.Sprintf(":%d", port),
-		CA:      ca,
-		Cert:    cert,
-		Revoked: t.RevokedSerials,
-		Audit:   b.audit,
-		Node:    b,
-		Log:     b.log,
-	})
+	m, err := b.startManagement(port)
 	if err != nil {
-		return "", fmt.Errorf("services: management API: %w", err)
+		return "", err
 	}
-	b.goSafe("management API", func() {
-		if err := m.Serve(); err != nil {
-			b.log.Error("management API stopped", "err", err)
-		}
-	})
-	b.onShutdownWithin("close management API", 5*time.Second, false, func(context.Context) error { return m.Close() })
-	parts = append(parts, fmt.Sprintf("management API %d (mTLS, project CA %s)", port, ca.Subject.CommonName))
+	parts = append(parts, fmt.Sprintf("management API %d (mTLS, project CA %s; process %d, uid %d)", port, ca.Subject.CommonName, m.status().Pid, mgmtUID))
 	return strings.Join(parts, "; "), nil
 }
 

@@ -41,6 +41,10 @@ type service struct {
 	ready chan struct{} // closed at the first control.OpReady
 	stop  chan struct{}
 
+	// rejects limits the records of a service's refused messages: a
+	// compromised service must not stall the audit log with them.
+	rejects rejectLimit
+
 	mu       sync.Mutex
 	p        *proc.Process
 	peer     *control.Peer
@@ -191,10 +195,10 @@ func (b *boot) startService(s *service) (*proc.Process, error) {
 	})
 	peer, err := control.New(mine, control.Options{
 		Name: s.name, Want: control.Creds{Pid: int32(p.Pid()), UID: s.uid}, Handlers: s.handlers,
-		OnReject: func(reason string) {
+		OnReject: s.rejects.limited(func(reason string) {
 			b.log.Warn(reason)
 			b.audit.Append(audit.KindBoot, "service "+s.name, "", reason, "refused")
-		},
+		}),
 	})
 	if err != nil {
 		p.Signal(syscall.SIGKILL)
@@ -302,4 +306,35 @@ func (st serviceStatus) summary() string {
 	}
 	return fmt.Sprintf("service %s: %s, pid %d, uid %s, %s, no_new_privs %s, seccomp %s, landlock %s, %d restarts",
 		st.Name, st.State, st.Pid, st.UID, caps, st.NoNewPrivs, st.Seccomp, st.Landlock, st.Restarts)
+}
+
+// rejectLimit passes the first 10 refusals, then one every 10 s, saying
+// how many were not recorded one by one.
+type rejectLimit struct {
+	mu         sync.Mutex
+	n          int
+	last       time.Time
+	suppressed int
+}
+
+func (l *rejectLimit) limited(fn func(string)) func(string) {
+	return func(reason string) {
+		l.mu.Lock()
+		l.n++
+		pass := l.n <= 10 || time.Since(l.last) >= 10*time.Second
+		suppressed := l.suppressed
+		if pass {
+			l.last, l.suppressed = time.Now(), 0
+		} else {
+			l.suppressed++
+		}
+		l.mu.Unlock()
+		if !pass {
+			return
+		}
+		if suppressed > 0 {
+			reason += fmt.Sprintf(" (and %d more refused messages not recorded one by one)", suppressed)
+		}
+		fn(reason)
+	}
 }

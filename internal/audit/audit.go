@@ -245,6 +245,17 @@ type View struct {
 
 func (v *View) Read(p []byte) (int, error) { return v.r.Read(p) }
 
+// File is the descriptor a view of the log's file reads from; nil for a
+// view of memory.
+func (v *View) File() *os.File { return v.f }
+
+// ViewOf is a view read from f (size bytes from its start): a copy of the
+// log that another process passed on (the management API's process gets
+// PID1's log this way, read-only).
+func ViewOf(start Anchor, head string, seq uint64, size int64, f *os.File) *View {
+	return &View{Start: start, Head: head, Seq: seq, Size: size, f: f, r: io.NewSectionReader(f, 0, size)}
+}
+
 // Close releases the view's descriptor, if any.
 func (v *View) Close() error {
 	if v.f != nil {

@@ -35,6 +35,9 @@ import (
 // ErrNotAvailable answers actions whose subsystem this node does not run.
 var ErrNotAvailable = errors.New("not available on this node")
 
+// maxHandshakes bounds the management TLS handshakes under way at once.
+const maxHandshakes = 256
+
 // ErrBusy answers an action that is already under way.
 var ErrBusy = errors.New("busy")
 
@@ -51,15 +54,28 @@ type Node interface {
 	Shutdown(reason string)
 }
 
+// AuditLog is where the API records every call: the node's *audit.Log in
+// PID1, or, in the management API's own process, PID1's log reached
+// through the control socket.
+type AuditLog interface {
+	Append(kind, who, serial, what, result string) (audit.Record, error)
+	Start(kind, who, serial, what string) (audit.Record, error)
+	Finish(started audit.Record, result string) (audit.Record, error)
+	Snapshot() (*audit.View, error)
+}
+
 // Options configure the server.
 type Options struct {
-	Addr    string
-	CA      *x509.Certificate
-	Cert    tls.Certificate
-	Revoked []string
-	Audit   *audit.Log
-	Node    Node
-	Log     *slog.Logger
+	Addr string
+	// Listener, when set, is used instead of listening on Addr (the
+	// management API's process gets its socket from PID1).
+	Listener net.Listener
+	CA       *x509.Certificate
+	Cert     tls.Certificate
+	Revoked  []string
+	Audit    AuditLog
+	Node     Node
+	Log      *slog.Logger
 	// now is the clock for certificate validity (tests).
 	now func() time.Time
 }
@@ -97,7 +113,9 @@ type Server struct {
 	// refused limits the records of refused handshakes; flushed is
 	// closed when the goroutine that writes their counts has ended.
 	refused *refusals
-	flushed chan struct{}
+	// inflight bounds the handshakes under way.
+	inflight chan struct{}
+	flushed  chan struct{}
 }
 
 // Listen starts listening.
@@ -111,12 +129,15 @@ func Listen(o Options) (*Server, error) {
 	if o.now == nil {
 		o.now = time.Now
 	}
-	ln, err := net.Listen("tcp", o.Addr)
-	if err != nil {
-		return nil, fmt.Errorf("mgmt: %w", err)
+	ln := o.Listener
+	if ln == nil {
+		var err error
+		if ln, err = net.Listen("tcp", o.Addr); err != nil {
+			return nil, fmt.Errorf("mgmt: %w", err)
+		}
 	}
 	s := &Server{o: o, ln: ln, conns: make(chan net.Conn), done: make(chan struct{}),
-		refused: newRefusals(o.now), flushed: make(chan struct{})}
+		refused: newRefusals(o.now), flushed: make(chan struct{}), inflight: make(chan struct{}, maxHandshakes)}
 	s.tls = &tls.Config{
 		MinVersion:   tls.VersionTLS13,
 		Certificates: []tls.Certificate{o.Cert},
@@ -201,7 +222,17 @@ func (s *Server) accept() error {
 			return fmt.Errorf("mgmt: %w", err)
 		}
 		pause = 5 * time.Millisecond
+		// At most maxHandshakes at once: each holds a descriptor for up
+		// to the handshake timeout, and the firewall admits every
+		// management source.
+		select {
+		case s.inflight <- struct{}{}:
+		default:
+			c.Close()
+			continue
+		}
 		go func() {
+			defer func() { <-s.inflight }()
 			// After a panic the connection is closed here: nothing
 			// else holds it yet.
 			if safego.Call(nameHandshake, func() error { s.handshake(c); return nil }) != nil {
