@@ -155,8 +155,37 @@ func TestMetadataClosedByDefault(t *testing.T) {
 	if got := dialAs(t, l, otherUID, "169.254.169.254", 80); got != refused {
 		t.Errorf("uid %d -> 169.254.169.254:80: %s, want %s", otherUID, got, refused)
 	}
-	if rs := l.ruleset(); strings.Contains(rs, "169.254.169.254") || strings.Contains(rs, "skuid") {
-		t.Errorf("nft list ruleset names the metadata service:\n%s", rs)
+	if rs := l.ruleset(); strings.Contains(rs, "skuid") || strings.Contains(rs, "169.254.169.254 tcp dport 80 accept") ||
+		!strings.Contains(rs, "ip daddr 169.254.169.254 meta l4proto tcp counter") {
+		t.Errorf("nft list ruleset opens the metadata service, or lacks the rule that refuses it:\n%s", rs)
+	}
+}
+
+// TestMetadataNotOpenedByAnOverlap: a peer range that happens to contain
+// the metadata address (a link-local /16 given as peers, say) opens it to
+// nobody: the metadata addresses are refused before any other egress
+// rule, and when the config opens the service to one uid, to that uid
+// only.
+func TestMetadataNotOpenedByAnOverlap(t *testing.T) {
+	l := metadataLab(t, "169.254.169.254")
+	apply(t, l, testConfig(func(f *config.Firewall) { f.Peers = append(f.Peers, "169.254.0.0/16") }))
+	if got := dialAs(t, l, otherUID, "169.254.169.254", 80); got != refused {
+		t.Errorf("with 169.254.0.0/16 among the peers, uid %d -> 169.254.169.254:80: %s, want %s", otherUID, got, refused)
+	}
+	if got := dial(l.serverNS, "", "169.254.169.254", 80, 700*time.Millisecond); got != refused {
+		t.Errorf("with 169.254.0.0/16 among the peers, root -> 169.254.169.254:80: %s, want %s", got, refused)
+	}
+	apply(t, l, testConfig(func(f *config.Firewall) {
+		f.Peers = append(f.Peers, "169.254.0.0/16")
+		openMetadata(f, "169.254.169.254", 80, metadataUID)
+	}))
+	for _, c := range []struct {
+		uid, port int
+		want      string
+	}{{metadataUID, 80, connected}, {otherUID, 80, refused}, {metadataUID, 81, refused}} {
+		if got := dialAs(t, l, c.uid, "169.254.169.254", c.port); got != c.want {
+			t.Errorf("opened to uid %d, with the /16 among the peers: uid %d -> :%d: %s, want %s", metadataUID, c.uid, c.port, got, c.want)
+		}
 	}
 }
 

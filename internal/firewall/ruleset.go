@@ -3,6 +3,7 @@ package firewall
 import (
 	"encoding/binary"
 	"net/netip"
+	"slices"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
@@ -311,21 +312,72 @@ func (b *builder) outputRules() {
 	if b.p.DHCP4 {
 		b.rule(out, nfproto(fam4), l4proto(unix.IPPROTO_UDP), port(0, 68), port(2, 67), v(accept))
 	}
+	// The cloud metadata service hands the instance's credentials to
+	// whoever asks. The one opening the config makes (one uid, one port)
+	// comes first; then its well-known addresses, and the configured one,
+	// are refused to everything else, before any other egress rule: a peer
+	// or backup range that happens to contain one opens nothing.
+	for _, d := range b.p.Egress {
+		if d.What == "metadata" {
+			b.egressRule(out, d)
+		}
+	}
+	for _, a := range metadataAddrs(b.p) {
+		f := fam4
+		if !a.Is4() {
+			f = fam6
+		}
+		b.refuseTo(out, nfproto(f), addrRange(f, f.daddr, cidr.Range{From: a, To: a}))
+	}
 	for _, f := range []family{fam4, fam6} {
 		b.rule(out, nfproto(f), b.addrIn(f, f.daddr, SetPeers), v(accept))
 	}
 	for _, d := range b.p.Egress {
-		f := fam4
-		if !d.Range.From.Is4() {
-			f = fam6
+		if d.What == "metadata" {
+			continue
 		}
-		proto := byte(unix.IPPROTO_TCP)
-		if d.Proto == "udp" {
-			proto = unix.IPPROTO_UDP
-		}
-		b.rule(out, nfproto(f), addrRange(f, f.daddr, d.Range), l4proto(proto), port(2, d.Port), b.owner(d), v(accept))
+		b.egressRule(out, d)
 	}
 	b.refuse(out)
+}
+
+// WellKnownMetadata are the addresses clouds serve their metadata service
+// on (169.254.169.254 for the common clouds, fd00:ec2::254 for AWS over
+// IPv6): refused to every socket unless the config opens one to one uid.
+var WellKnownMetadata = []netip.Addr{netip.MustParseAddr("169.254.169.254"), netip.MustParseAddr("fd00:ec2::254")}
+
+func metadataAddrs(p *Policy) []netip.Addr {
+	out := append([]netip.Addr{}, WellKnownMetadata...)
+	for _, d := range p.Egress {
+		if d.What == "metadata" && !slices.Contains(out, d.Range.From) {
+			out = append(out, d.Range.From)
+		}
+	}
+	return out
+}
+
+// refuseTo refuses what matches m with the chain's refusal (a reset or
+// an ICMP error, or a drop).
+func (b *builder) refuseTo(ch *nftables.Chain, m ...[]expr.Any) {
+	if !b.reject {
+		b.rule(ch, append(m, v(&expr.Counter{}), v(drop))...)
+		return
+	}
+	b.rule(ch, append(m, l4proto(unix.IPPROTO_TCP), v(&expr.Counter{}), v(&expr.Reject{Type: unix.NFT_REJECT_TCP_RST}))...)
+	b.rule(ch, append(m, v(&expr.Counter{}), v(&expr.Reject{Type: unix.NFT_REJECT_ICMPX_UNREACH, Code: unix.NFT_REJECT_ICMPX_ADMIN_PROHIBITED}))...)
+}
+
+// egressRule opens one destination.
+func (b *builder) egressRule(out *nftables.Chain, d Destination) {
+	f := fam4
+	if !d.Range.From.Is4() {
+		f = fam6
+	}
+	proto := byte(unix.IPPROTO_TCP)
+	if d.Proto == "udp" {
+		proto = unix.IPPROTO_UDP
+	}
+	b.rule(out, nfproto(f), addrRange(f, f.daddr, d.Range), l4proto(proto), port(2, d.Port), b.owner(d), v(accept))
 }
 
 // owner matches the socket's owner when d is limited to one uid: meta
