@@ -162,6 +162,20 @@ func TestServiceIsolation(t *testing.T) {
 	}
 
 	_, vols := status("frontdoor")
+	// The front door's process has PID1's descriptor limit (65,536), so
+	// its default limit of 1024 connections fits in its budget.
+	var doors struct {
+		FrontDoors []struct {
+			Port  int `json:"port"`
+			Limit int `json:"Limit"`
+		} `json:"front_doors"`
+	}
+	if err := api("GET", "/v1/status", "", &doors); err != nil {
+		t.Fatal(err)
+	}
+	if len(doors.FrontDoors) != 1 || doors.FrontDoors[0].Limit != 1024 {
+		t.Errorf("front doors in status: %+v; want port 5432 with its default limit of 1024 connections", doors.FrontDoors)
+	}
 	for name, uid := range map[string]string{"frontdoor": "61001", "mgmt": "61002"} {
 		st, _ := status(name)
 		t.Logf("%s: %+v", name, st)
