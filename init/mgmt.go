@@ -79,6 +79,15 @@ func (b *boot) mgmtHandlers(port int) map[string]control.Handler {
 	}
 	h := map[string]control.Handler{
 		msvc.OpConfig: func(context.Context, json.RawMessage, []*os.File) (any, []*os.File, error) {
+			// A new process: the calls its predecessor started and never
+			// ended get their result now, so that every started record
+			// has one and none is held for a process that is gone.
+			mu.Lock()
+			for seq, rec := range started {
+				b.audit.Finish(rec, "abandoned: the management API's process ended before the call did")
+				delete(started, seq)
+			}
+			mu.Unlock()
 			return msvc.Config{Port: port, CAPEM: []byte(t.CA), CertPEM: []byte(t.Certificate), KeyPEM: []byte(t.Key), Revoked: t.RevokedSerials}, nil, nil
 		},
 		msvc.OpStatus: func(_ context.Context, raw json.RawMessage, _ []*os.File) (any, []*os.File, error) {

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
@@ -73,5 +74,21 @@ func TestMgmtHandlersUntrusted(t *testing.T) {
 	}
 	if _, _, err := call(msvc.OpStatus, map[string]int{"x": 1}); err == nil {
 		t.Error("arguments to an operation that takes none accepted")
+	}
+	// A call started by a process that then died is ended, abandoned,
+	// when the next process starts (its first request is its config).
+	res, _, err = call(msvc.OpAuditAppend, msvc.AuditArgs{Kind: audit.KindRequest, Who: "CN=robot", What: "PUT /v1/allowlist", Result: audit.ResultStarted})
+	if err != nil {
+		t.Fatal(err)
+	}
+	orphan := res.(audit.Record)
+	if _, _, err := call(msvc.OpConfig, nil); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(b.audit.Bytes()), fmt.Sprintf(`"ref":%d`, orphan.Seq)) {
+		t.Error("the dead process's started call has no result record")
+	}
+	if _, _, err := call(msvc.OpAuditFinish, msvc.FinishArgs{Started: orphan, Result: "200 ok"}); err == nil {
+		t.Error("a call abandoned with its process was ended again")
 	}
 }

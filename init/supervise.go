@@ -123,6 +123,15 @@ func (b *boot) superviseLoop(s *service, started chan<- error) {
 			case <-s.stop:
 				return
 			}
+			select {
+			case <-s.stop: // stopped by the teardown: no restart to count
+				s.mu.Lock()
+				s.peer.Close()
+				s.state = "stopped"
+				s.mu.Unlock()
+				return
+			default:
+			}
 			st := p.Status()
 			why := exitString(st)
 			s.mu.Lock()
