@@ -46,7 +46,7 @@ func TestMemoryBounded(t *testing.T) {
 // head the log reports.
 func TestAppendDiskFull(t *testing.T) {
 	if os.Geteuid() != 0 {
-		t.Skip("needs root to mount a small tmpfs")
+		t.Fatal("needs root to mount a small tmpfs; make test runs it as root")
 	}
 	dir := t.TempDir()
 	if err := unix.Mount("tmpfs", dir, "tmpfs", 0, "size=64k,mode=0700"); err != nil {

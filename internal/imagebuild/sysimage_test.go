@@ -131,7 +131,7 @@ func TestSystemImageVeritysetup(t *testing.T) {
 // from the image.
 func TestSystemImageRuns(t *testing.T) {
 	if os.Getuid() != 0 {
-		t.Skip("needs root to mount the image and chroot")
+		t.Fatal("needs root to mount the image and chroot; make test runs it as root")
 	}
 	dir, rep := built(t)
 	root := t.TempDir()
