@@ -11,15 +11,8 @@ import (
 	"time"
 
 	"github.com/bulwarkvm/bulwark/internal/safego"
+	"github.com/bulwarkvm/bulwark/internal/safego/safegotest"
 )
-
-// reports captures what safego reports while the test runs.
-func reports(t *testing.T) chan safego.Report {
-	ch := make(chan safego.Report, 64)
-	prev := safego.SetReporter(func(r safego.Report) { ch <- r })
-	t.Cleanup(func() { safego.SetReporter(prev) })
-	return ch
-}
 
 // panicFrom makes *hook panic from its nth call on.
 func panicFrom(t *testing.T, hook *func(), nth int32) {
@@ -62,7 +55,7 @@ func expectReport(t *testing.T, ch chan safego.Report, name string) {
 // crashing, hanging, or writing a segment with a chunk missing.
 func TestPanicInSealingWorker(t *testing.T) {
 	k, _ := testKeys()
-	ch := reports(t)
+	ch := safegotest.Reports(t, 64)
 	panicFrom(t, &testHookWorker, 3)
 	var out bytes.Buffer
 	w, err := NewSegmentWriter(&out, &k.PublicKey, dataHeader(0), 2)
@@ -97,7 +90,7 @@ func TestPanicInOpeningWorker(t *testing.T) {
 	k, _ := testKeys()
 	plain := pattern(10 << 16)
 	seg := seal(t, &k.PublicKey, dataHeader(0), plain, 2)
-	ch := reports(t)
+	ch := safegotest.Reports(t, 64)
 	panicFrom(t, &testHookWorker, 3)
 	var got []byte
 	var rerr error
@@ -118,7 +111,7 @@ func TestPanicInTreeWalker(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "f"), []byte("data"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	ch := reports(t)
+	ch := safegotest.Reports(t, 64)
 	panicFrom(t, &testHookTree, 1)
 	rc := Tree(dir)
 	defer rc.Close()

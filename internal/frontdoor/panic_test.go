@@ -5,47 +5,11 @@ import (
 	"errors"
 	"io"
 	"net"
-	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/bulwarkvm/bulwark/internal/safego"
+	"github.com/bulwarkvm/bulwark/internal/safego/safegotest"
 )
-
-// reports captures what safego reports while the test runs.
-func reports(t *testing.T) chan safego.Report {
-	ch := make(chan safego.Report, 16)
-	prev := safego.SetReporter(func(r safego.Report) { ch <- r })
-	t.Cleanup(func() { safego.SetReporter(prev) })
-	return ch
-}
-
-// panicOnce makes *hook panic the first time it runs. Call it before the
-// server starts: its cleanup, which runs after the server's, clears it.
-func panicOnce(t *testing.T, hook *func()) {
-	var n atomic.Int32
-	*hook = func() {
-		if n.Add(1) == 1 {
-			panic("injected")
-		}
-	}
-	t.Cleanup(func() { *hook = nil })
-}
-
-func expectReport(t *testing.T, ch chan safego.Report, name string) safego.Report {
-	t.Helper()
-	select {
-	case r := <-ch:
-		if !strings.Contains(r.Name, name) || r.Value != "injected" || !strings.Contains(r.Stack, ".panicOnce.func1") {
-			t.Fatalf("report %q: %q, want one of a panic in %q with its stack", r.Name, r.Value, name)
-		}
-		return r
-	case <-time.After(5 * time.Second):
-		t.Fatalf("no report of the panic in %s", name)
-		return safego.Report{}
-	}
-}
 
 // dropped checks that the front door closed c: a read ends with an
 // error other than a timeout.
@@ -73,15 +37,15 @@ func idle(t *testing.T, s *Server) {
 // drops that connection; the front door serves the next.
 func TestPanicInConnectionHandler(t *testing.T) {
 	f := newFixture(t)
-	ch := reports(t)
-	panicOnce(t, &testHookHandle)
+	ch := safegotest.Reports(t, 16)
+	safegotest.PanicOnce(t, &testHookHandle)
 	s := f.start(t, Options{Protocol: TLS})
 	cfg := &tls.Config{RootCAs: f.pool, ServerName: "db.test"}
 	if c, err := tls.Dial("tcp", s.Addr().String(), cfg); err == nil {
 		dropped(t, c)
 		c.Close()
 	}
-	expectReport(t, ch, "connection")
+	safegotest.ExpectReport(t, ch, "connection")
 	c, err := tls.Dial("tcp", s.Addr().String(), cfg)
 	if err != nil {
 		t.Fatalf("the connection after the panic: %v", err)
@@ -95,15 +59,15 @@ func TestPanicInConnectionHandler(t *testing.T) {
 // connection (both directions, both ends), and the next is served.
 func TestPanicInCopy(t *testing.T) {
 	f := newFixture(t)
-	ch := reports(t)
-	panicOnce(t, &testHookCopy)
+	ch := safegotest.Reports(t, 16)
+	safegotest.PanicOnce(t, &testHookCopy)
 	s := f.start(t, Options{Protocol: TLS})
 	cfg := &tls.Config{RootCAs: f.pool, ServerName: "db.test"}
 	c, err := tls.Dial("tcp", s.Addr().String(), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	expectReport(t, ch, "copy")
+	safegotest.ExpectReport(t, ch, "copy")
 	dropped(t, c)
 	c.Close()
 	idle(t, s)
@@ -119,8 +83,8 @@ func TestPanicInCopy(t *testing.T) {
 // safego's first backoff, 1 s) and serves; Close still ends it.
 func TestPanicInAcceptLoop(t *testing.T) {
 	f := newFixture(t)
-	ch := reports(t)
-	panicOnce(t, &testHookAccept)
+	ch := safegotest.Reports(t, 16)
+	safegotest.PanicOnce(t, &testHookAccept)
 	s, err := Listen(Options{Addr: "127.0.0.1:0", Protocol: TLS, Backend: f.backend,
 		TLS: &tls.Config{Certificates: []tls.Certificate{f.server}}})
 	if err != nil {
@@ -128,7 +92,7 @@ func TestPanicInAcceptLoop(t *testing.T) {
 	}
 	served := make(chan error, 1)
 	go func() { served <- s.Serve() }()
-	if r := expectReport(t, ch, "accept"); r.Restart != time.Second {
+	if r := safegotest.ExpectReport(t, ch, "accept"); r.Restart != time.Second {
 		t.Errorf("the accept loop runs again in %s, want 1s", r.Restart)
 	}
 	c, err := tls.Dial("tcp", s.Addr().String(), &tls.Config{RootCAs: f.pool, ServerName: "db.test"})

@@ -10,48 +10,11 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/bulwarkvm/bulwark/internal/safego"
+	"github.com/bulwarkvm/bulwark/internal/safego/safegotest"
 )
-
-// reports captures what safego reports while the test runs.
-func reports(t *testing.T) chan safego.Report {
-	ch := make(chan safego.Report, 16)
-	prev := safego.SetReporter(func(r safego.Report) { ch <- r })
-	t.Cleanup(func() { safego.SetReporter(prev) })
-	return ch
-}
-
-// panicOnce makes *hook panic the first time it runs and counts its
-// calls. Call it before the manager starts: its cleanup, which runs after
-// the manager's, clears it.
-func panicOnce(t *testing.T, hook *func()) *atomic.Int32 {
-	var n atomic.Int32
-	*hook = func() {
-		if n.Add(1) == 1 {
-			panic("injected")
-		}
-	}
-	t.Cleanup(func() { *hook = nil })
-	return &n
-}
-
-func expectReport(t *testing.T, ch chan safego.Report, name string) safego.Report {
-	t.Helper()
-	select {
-	case r := <-ch:
-		if !strings.Contains(r.Name, name) || r.Value != "injected" || !strings.Contains(r.Stack, ".panicOnce.func1") {
-			t.Fatalf("report %q: %q, want one of a panic in %q with its stack", r.Name, r.Value, name)
-		}
-		return r
-	case <-time.After(5 * time.Second):
-		t.Fatalf("no report of the panic in %s", name)
-		return safego.Report{}
-	}
-}
 
 // syncBuf is a log sink the test reads while the manager writes.
 type syncBuf struct {
@@ -119,10 +82,10 @@ func loopsOnly(t *testing.T) (m *Manager, logs *syncBuf, stop func()) {
 // TestPanicInRunLoop: a peer's keying loop runs again after a panic, and
 // the manager still stops (its wait group counts the loop once).
 func TestPanicInRunLoop(t *testing.T) {
-	ch := reports(t)
-	runs := panicOnce(t, &testHookRun)
+	ch := safegotest.Reports(t, 16)
+	runs := safegotest.PanicOnce(t, &testHookRun)
 	m, _, stop := loopsOnly(t)
-	if r := expectReport(t, ch, "peer.test"); r.Restart != time.Second {
+	if r := safegotest.ExpectReport(t, ch, "peer.test"); r.Restart != time.Second {
 		t.Errorf("the keying loop runs again in %s, want 1s", r.Restart)
 	}
 	for deadline := time.Now().Add(5 * time.Second); runs.Load() < 2; time.Sleep(10 * time.Millisecond) {
@@ -149,10 +112,10 @@ func TestPanicInRunLoop(t *testing.T) {
 // TestPanicInAcceptLoop: the keying port's accept loop runs again after a
 // panic and serves.
 func TestPanicInAcceptLoop(t *testing.T) {
-	ch := reports(t)
-	panicOnce(t, &testHookAccept)
+	ch := safegotest.Reports(t, 16)
+	safegotest.PanicOnce(t, &testHookAccept)
 	m, logs, _ := loopsOnly(t)
-	if r := expectReport(t, ch, "accept"); r.Restart != time.Second {
+	if r := safegotest.ExpectReport(t, ch, "accept"); r.Restart != time.Second {
 		t.Errorf("the accept loop runs again in %s, want 1s", r.Restart)
 	}
 	c, err := net.Dial("tcp", m.ln.Addr().String())
@@ -166,14 +129,14 @@ func TestPanicInAcceptLoop(t *testing.T) {
 // TestPanicInServe: a panic while one keying connection is served closes
 // that connection; the next is served.
 func TestPanicInServe(t *testing.T) {
-	ch := reports(t)
-	panicOnce(t, &testHookServe)
+	ch := safegotest.Reports(t, 16)
+	safegotest.PanicOnce(t, &testHookServe)
 	m, logs, _ := loopsOnly(t)
 	c, err := net.Dial("tcp", m.ln.Addr().String())
 	if err != nil {
 		t.Fatal(err)
 	}
-	expectReport(t, ch, "keying connection")
+	safegotest.ExpectReport(t, ch, "keying connection")
 	c.SetDeadline(time.Now().Add(5 * time.Second))
 	_, err = io.ReadAll(c)
 	var ne net.Error

@@ -7,15 +7,8 @@ import (
 	"time"
 
 	"github.com/bulwarkvm/bulwark/internal/safego"
+	"github.com/bulwarkvm/bulwark/internal/safego/safegotest"
 )
-
-// reports captures what safego reports while the test runs.
-func reports(t *testing.T) chan safego.Report {
-	ch := make(chan safego.Report, 64)
-	prev := safego.SetReporter(func(r safego.Report) { ch <- r })
-	t.Cleanup(func() { safego.SetReporter(prev) })
-	return ch
-}
 
 // within runs fn and fails the test if it does not return in time: a
 // loader that loses a panic leaves its waiters waiting.
@@ -37,7 +30,7 @@ func within(t *testing.T, fn func() map[string]error) map[string]error {
 // parallel pass (in the worker goroutines) and a sequential one.
 func TestPanicInWorker(t *testing.T) {
 	for _, parallel := range []bool{true, false} {
-		ch := reports(t)
+		ch := safegotest.Reports(t, 64)
 		testHookWorker = func() { panic("injected") }
 		t.Cleanup(func() { testHookWorker = nil })
 		l, _ := fakeLoader(t, testDep, "", nil)
@@ -61,7 +54,7 @@ func TestPanicInWorker(t *testing.T) {
 // others is loaded fails both of them, and the one that waited for the
 // other's load of it does not wait forever; a later load tries again.
 func TestPanicInLoadReleasesWaiters(t *testing.T) {
-	ch := reports(t)
+	ch := safegotest.Reports(t, 64)
 	l, loaded := fakeLoader(t, testDep, "", nil)
 	record := l.insert
 	l.insert = func(file string) error {

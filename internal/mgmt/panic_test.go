@@ -4,52 +4,17 @@ import (
 	"crypto/tls"
 	"net"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/bulwarkvm/bulwark/internal/safego"
+	"github.com/bulwarkvm/bulwark/internal/safego/safegotest"
 )
-
-// reports captures what safego reports while the test runs.
-func reports(t *testing.T) chan safego.Report {
-	ch := make(chan safego.Report, 16)
-	prev := safego.SetReporter(func(r safego.Report) { ch <- r })
-	t.Cleanup(func() { safego.SetReporter(prev) })
-	return ch
-}
-
-// panicOnce makes *hook panic the first time it runs. Call it before
-// setup: its cleanup, which runs after the server's, clears it.
-func panicOnce(t *testing.T, hook *func()) {
-	var n atomic.Int32
-	*hook = func() {
-		if n.Add(1) == 1 {
-			panic("injected")
-		}
-	}
-	t.Cleanup(func() { *hook = nil })
-}
-
-func expectReport(t *testing.T, ch chan safego.Report, name string) safego.Report {
-	t.Helper()
-	select {
-	case r := <-ch:
-		if !strings.Contains(r.Name, name) || r.Value != "injected" || !strings.Contains(r.Stack, ".panicOnce.func1") {
-			t.Fatalf("report %q: %q, want one of a panic in %q with its stack", r.Name, r.Value, name)
-		}
-		return r
-	case <-time.After(5 * time.Second):
-		t.Fatalf("no report of the panic in %s", name)
-		return safego.Report{}
-	}
-}
 
 // TestPanicInHandshake: a panic in one connection's handshake drops that
 // connection at once; the API answers the next caller.
 func TestPanicInHandshake(t *testing.T) {
-	ch := reports(t)
-	panicOnce(t, &testHookHandshake)
+	ch := safegotest.Reports(t, 16)
+	safegotest.PanicOnce(t, &testHookHandshake)
 	e := setup(t)
 	t0 := time.Now()
 	if code, _, err := e.call(t, "control", "GET", "/v1/status", ""); err == nil {
@@ -58,7 +23,7 @@ func TestPanicInHandshake(t *testing.T) {
 	if d := time.Since(t0); d > 5*time.Second {
 		t.Errorf("the connection whose handshake panicked was dropped only after %s", d)
 	}
-	expectReport(t, ch, "handshake")
+	safegotest.ExpectReport(t, ch, "handshake")
 	if code, body, err := e.call(t, "control", "GET", "/v1/status", ""); err != nil || code != 200 {
 		t.Fatalf("the call after the panic: %d %s %v", code, body, err)
 	}
@@ -67,10 +32,10 @@ func TestPanicInHandshake(t *testing.T) {
 // TestPanicInAcceptLoop: the accept loop runs again after a panic (after
 // 1 s) and the API answers; Close still ends Serve.
 func TestPanicInAcceptLoop(t *testing.T) {
-	ch := reports(t)
-	panicOnce(t, &testHookAccept)
+	ch := safegotest.Reports(t, 16)
+	safegotest.PanicOnce(t, &testHookAccept)
 	e := setup(t)
-	if r := expectReport(t, ch, "accept"); r.Restart != time.Second {
+	if r := safegotest.ExpectReport(t, ch, "accept"); r.Restart != time.Second {
 		t.Errorf("the accept loop runs again in %s, want 1s", r.Restart)
 	}
 	if code, body, err := e.call(t, "operator", "GET", "/v1/status", ""); err != nil || code != 200 {
@@ -82,10 +47,10 @@ func TestPanicInAcceptLoop(t *testing.T) {
 // suppressed handshake refusals runs again after a panic, and Close still
 // writes the last counts and returns promptly.
 func TestPanicInRefusalFlusher(t *testing.T) {
-	ch := reports(t)
-	panicOnce(t, &testHookFlush)
+	ch := safegotest.Reports(t, 16)
+	safegotest.PanicOnce(t, &testHookFlush)
 	e := setup(t)
-	expectReport(t, ch, "refusal")
+	safegotest.ExpectReport(t, ch, "refusal")
 	for range refusalBurst + 5 {
 		c, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", e.s.Addr().String(),
 			&tls.Config{RootCAs: e.pool, ServerName: "127.0.0.1"})
@@ -127,13 +92,13 @@ func TestPanicInRefusalFlusher(t *testing.T) {
 // TestPanicInHandler: a panic in a request's handler is reported, its
 // connection is dropped, and the next call is answered.
 func TestPanicInHandler(t *testing.T) {
-	ch := reports(t)
-	panicOnce(t, &testHookRequest)
+	ch := safegotest.Reports(t, 16)
+	safegotest.PanicOnce(t, &testHookRequest)
 	e := setup(t)
 	if code, _, err := e.call(t, "control", "GET", "/v1/status", ""); err == nil {
 		t.Fatalf("the call whose handler panicked got %d", code)
 	}
-	expectReport(t, ch, "request")
+	safegotest.ExpectReport(t, ch, "request")
 	if code, body, err := e.call(t, "control", "GET", "/v1/status", ""); err != nil || code != 200 {
 		t.Fatalf("the call after the panic: %d %s %v", code, body, err)
 	}
