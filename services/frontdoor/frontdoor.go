@@ -15,7 +15,6 @@ import (
 	"crypto/tls"
 	"encoding/json"
 	"fmt"
-	"log/slog"
 	"net"
 	"os"
 	"sync"
@@ -25,6 +24,7 @@ import (
 	door "github.com/bulwarkvm/bulwark/internal/frontdoor"
 	"github.com/bulwarkvm/bulwark/internal/safego"
 	"github.com/bulwarkvm/bulwark/internal/sandbox"
+	"github.com/bulwarkvm/bulwark/services/service"
 )
 
 // Door is one front door's settings, as PID1 sends them.
@@ -65,10 +65,6 @@ var Syscalls = []string{"accept4", "socket", "connect", "bind", "getsockopt", "s
 // Main runs the front door; ctl is the control socket (descriptor 3) and
 // listeners the listening sockets, one per door, in PID1's order.
 func Main(ctl *os.File, listeners []*os.File) int {
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{ReplaceAttr: dropTime}))
-	safego.SetReporter(func(r safego.Report) {
-		log.Error("panic", "in", r.Name, "value", r.Value)
-	})
 	var mu sync.Mutex
 	var servers []*door.Server
 	var ports []int
@@ -83,23 +79,12 @@ func Main(ctl *os.File, listeners []*os.File) int {
 			return out, nil, nil
 		},
 	}
-	addTestHooks(handlers)
-	peer, err := control.New(ctl, control.Options{Name: "pid1", Handlers: handlers})
-	if err != nil {
-		log.Error("control socket", "err", err)
-		return 1
-	}
-	served := make(chan error, 1)
-	safego.Go("control", func() { served <- peer.Serve(context.Background()) })
-
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	var cfg Config
-	_, err = peer.Call(ctx, OpConfig, nil, &cfg)
-	cancel()
+	proc, err := service.Start(ctl, handlers, OpConfig, &cfg)
 	if err != nil {
-		log.Error("configuration from PID1", "err", err)
 		return 1
 	}
+	log := proc.Log
 	cert, err := tls.X509KeyPair(cfg.CertPEM, cfg.KeyPEM)
 	clear(cfg.KeyPEM)
 	if err != nil {
@@ -158,22 +143,9 @@ func Main(ctl *os.File, listeners []*os.File) int {
 		})
 		log.Info("serving", "port", d.Port, "protocol", d.Protocol, "backend", d.Backend)
 	}
-	ctx, cancel = context.WithTimeout(context.Background(), 10*time.Second)
-	_, err = peer.Call(ctx, control.OpReady, rep, nil)
-	cancel()
-	if err != nil {
-		log.Error("telling PID1 the front door is ready", "err", err)
+	if proc.Ready(rep) != nil {
 		return 1
 	}
-	// The process lives as long as its control socket: PID1 closing it (or
-	// dying) ends the front door.
-	<-served
+	proc.Wait()
 	return 0
-}
-
-func dropTime(_ []string, a slog.Attr) slog.Attr {
-	if a.Key == slog.TimeKey {
-		return slog.Attr{}
-	}
-	return a
 }

@@ -16,7 +16,6 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net"
 	"os"
 	"time"
@@ -28,6 +27,7 @@ import (
 	api "github.com/bulwarkvm/bulwark/internal/mgmt"
 	"github.com/bulwarkvm/bulwark/internal/safego"
 	"github.com/bulwarkvm/bulwark/internal/sandbox"
+	"github.com/bulwarkvm/bulwark/services/service"
 )
 
 // Operations the management API's process asks PID1 for.
@@ -146,25 +146,12 @@ const callTimeout = 30 * time.Second
 // Main runs the management API; ctl is the control socket, files[0] the
 // listening socket.
 func Main(ctl *os.File, files []*os.File) int {
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{ReplaceAttr: dropTime}))
-	safego.SetReporter(func(r safego.Report) { log.Error("panic", "in", r.Name, "value", r.Value) })
-	handlers := map[string]control.Handler{}
-	addTestHooks(handlers)
-	peer, err := control.New(ctl, control.Options{Name: "pid1", Handlers: handlers})
-	if err != nil {
-		log.Error("control socket", "err", err)
-		return 1
-	}
-	served := make(chan error, 1)
-	safego.Go("control", func() { served <- peer.Serve(context.Background()) })
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	var cfg Config
-	_, err = peer.Call(ctx, OpConfig, nil, &cfg)
-	cancel()
+	proc, err := service.Start(ctl, nil, OpConfig, &cfg)
 	if err != nil {
-		log.Error("configuration from PID1", "err", err)
 		return 1
 	}
+	log, peer := proc.Log, proc.Peer
 	cert, err := tls.X509KeyPair(cfg.CertPEM, cfg.KeyPEM)
 	clear(cfg.KeyPEM)
 	if err != nil {
@@ -210,15 +197,11 @@ func Main(ctl *os.File, files []*os.File) int {
 			os.Exit(1) // PID1 restarts the process
 		}
 	})
-	ctx, cancel = context.WithTimeout(context.Background(), 10*time.Second)
-	_, err = peer.Call(ctx, control.OpReady, rep, nil)
-	cancel()
-	if err != nil {
-		log.Error("telling PID1 the management API is ready", "err", err)
+	if proc.Ready(rep) != nil {
 		return 1
 	}
 	log.Info("serving", "port", cfg.Port)
-	<-served
+	proc.Wait()
 	return 0
 }
 
@@ -341,11 +324,4 @@ func (n remoteNode) TestHook(service, hook string) (any, error) {
 	var res json.RawMessage
 	_, err := n.action(OpTestHook, TestHookArgs{service, hook}, &res)
 	return res, err
-}
-
-func dropTime(_ []string, a slog.Attr) slog.Attr {
-	if a.Key == slog.TimeKey {
-		return slog.Attr{}
-	}
-	return a
 }

@@ -1,6 +1,6 @@
 //go:build !bulwarktest
 
-package frontdoor
+package service
 
 import "github.com/bulwarkvm/bulwark/internal/control"
 

@@ -1,6 +1,6 @@
 //go:build bulwarktest
 
-package frontdoor
+package service
 
 import (
 	"context"
@@ -13,11 +13,11 @@ import (
 )
 
 // Test-only operations, compiled only into the test image's init
-// (-tags bulwarktest): TestServiceIsolation makes the front door panic
+// (-tags bulwarktest): TestServiceIsolation makes a service panic
 // outside any recovery, and make a system call its filter forbids.
 func addTestHooks(h map[string]control.Handler) {
 	h["test.panic"] = func(context.Context, json.RawMessage, []*os.File) (any, []*os.File, error) {
-		go func() { panic("test hook: injected panic in the front door") }()
+		go func() { panic("test hook: injected panic in a service") }()
 		return nil, nil, nil
 	}
 	h["test.forbidden-syscall"] = func(context.Context, json.RawMessage, []*os.File) (any, []*os.File, error) {

@@ -1,0 +1,75 @@
+// Package service is what every service process of the node does the
+// same way: its log on standard error (which PID1 relays, escaped), its
+// panic reporter, its control socket to PID1, the configuration it asks
+// PID1 for at start, and telling PID1 it is confined and ready.
+package service
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"time"
+
+	"github.com/bulwarkvm/bulwark/internal/control"
+	"github.com/bulwarkvm/bulwark/internal/safego"
+	"github.com/bulwarkvm/bulwark/internal/sandbox"
+)
+
+// startTimeout bounds each of the start-up requests to PID1.
+const startTimeout = 10 * time.Second
+
+// Process is a running service's link to PID1.
+type Process struct {
+	Log    *slog.Logger
+	Peer   *control.Peer
+	served chan error
+}
+
+// Start opens the control socket ctl with the operations the service
+// answers (plus the test image's hooks) and asks PID1 for configOp's
+// answer, decoded into cfg.
+func Start(ctl *os.File, handlers map[string]control.Handler, configOp string, cfg any) (*Process, error) {
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{ReplaceAttr: dropTime}))
+	safego.SetReporter(func(r safego.Report) { log.Error("panic", "in", r.Name, "value", r.Value) })
+	if handlers == nil {
+		handlers = map[string]control.Handler{}
+	}
+	addTestHooks(handlers)
+	peer, err := control.New(ctl, control.Options{Name: "pid1", Handlers: handlers})
+	if err != nil {
+		log.Error("control socket", "err", err)
+		return nil, err
+	}
+	p := &Process{Log: log, Peer: peer, served: make(chan error, 1)}
+	safego.Go("control", func() { p.served <- peer.Serve(context.Background()) })
+	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
+	defer cancel()
+	if _, err := peer.Call(ctx, configOp, nil, cfg); err != nil {
+		log.Error("configuration from PID1", "err", err)
+		return nil, err
+	}
+	return p, nil
+}
+
+// Ready tells PID1 the service is confined (rep) and serving.
+func (p *Process) Ready(rep sandbox.Report) error {
+	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
+	defer cancel()
+	if _, err := p.Peer.Call(ctx, control.OpReady, rep, nil); err != nil {
+		p.Log.Error("telling PID1 the service is ready", "err", err)
+		return fmt.Errorf("ready: %w", err)
+	}
+	return nil
+}
+
+// Wait returns when the control socket ends: PID1 closing it (or dying)
+// ends the service.
+func (p *Process) Wait() { <-p.served }
+
+func dropTime(_ []string, a slog.Attr) slog.Attr {
+	if a.Key == slog.TimeKey {
+		return slog.Attr{}
+	}
+	return a
+}
