@@ -130,7 +130,7 @@ func TestSystemImage(t *testing.T) {
 		// /dev/kmsg too) and its dm-verity errors reach the same serial
 		// console at that instant and can cut into the init's line, so
 		// the text is matched anywhere after the line's start.
-		vm.MustWaitFor(`^bulwark: FATAL: system image: dm-verity: .*the workload's program `+regexp.QuoteMeta(postgresProg)+` fails verification`, bootTimeout)
+		vm.MustWaitFor(`^bulwark: FATAL: system image: dm-verity: (.*\] bulwark: FATAL: system image: dm-verity: )?the workload's program `+regexp.QuoteMeta(postgresProg)+` fails verification`, bootTimeout)
 		vm.MustWaitFor(`^bulwark: halted`, 10*time.Second)
 		for _, l := range vm.Lines() {
 			if regexp.MustCompile(versionLine).MatchString(l.Text) || l.Text == "bulwark: ready" || strings.HasPrefix(l.Text, "bulwark:   volumes ") {
@@ -170,7 +170,9 @@ func TestSystemImage(t *testing.T) {
 				o.ExtraArgs = systemDisk(sysFile)
 			}
 			vm := harness.Start(t, o)
-			vm.MustWaitFor(`^bulwark: FATAL: `+c.want, bootTimeout)
+			// As above: the kernel's copy of the line may cut into it;
+			// the whole text must still be there, in one of the copies.
+			vm.MustWaitFor(`^bulwark: FATAL: (.*\] bulwark: FATAL: )?`+c.want, bootTimeout)
 			vm.MustWaitFor(`^bulwark: halted`, 10*time.Second)
 			for _, l := range vm.Lines() {
 				if regexp.MustCompile(versionLine).MatchString(l.Text) || l.Text == "bulwark: ready" || strings.HasPrefix(l.Text, "bulwark:   volumes ") {
