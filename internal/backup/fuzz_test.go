@@ -93,6 +93,10 @@ func readFixed(t testing.TB, seg []byte) ([]byte, error) {
 // little over three 64 KiB chunks, sealed once per length and kept.
 const fuzzMaxPlain = 3<<testChunkLog + 1000
 
+// maxEdits bounds the edits damage applies to one segment: at most a few
+// MiB of repeated chunks.
+const maxEdits = 32
+
 // fuzzPattern is the longest plaintext; every shorter one is a prefix.
 var fuzzPattern = TestPattern(fuzzMaxPlain)
 
@@ -122,10 +126,14 @@ func sealedPattern(t testing.TB, n int) []byte {
 // boundary (bits 12-14) plus a signed offset (the low byte), where the
 // tags and the cuts that matter lie. The operations are those an attacker
 // with write access to the bucket has: cut, extend, overwrite, and move,
-// repeat or drop whole chunks.
+// repeat or drop whole chunks. Only the first maxEdits edits count, so
+// that an input cannot grow the segment without bound: thousands of chunk
+// repeats made one input take longer than the fuzzing engine waits for a
+// worker, and CI reported it as a hung worker.
 func damage(seg, edits []byte) []byte {
 	out := bytes.Clone(seg)
 	stride := 1<<testChunkLog + tagLen
+	edits = edits[:min(len(edits), 5*maxEdits)]
 	chunk := func(i int) (int, int) { // bounds of sealed chunk i, clipped
 		start := min(headerLen+i*stride, len(out))
 		return start, min(start+stride, len(out))
