@@ -24,6 +24,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/bulwarkvm/bulwark/internal/safego"
+	"github.com/bulwarkvm/bulwark/internal/secret"
 )
 
 // Limits of one message, and of the requests handled at once.
@@ -31,6 +32,8 @@ const (
 	MaxMessage  = 64 << 10
 	MaxFDs      = 4
 	MaxInFlight = 32
+	// MaxSecret bounds the key material one request carries (CallSecret).
+	MaxSecret = 128
 )
 
 // OpReady is what every service calls once it has confined itself and
@@ -70,6 +73,7 @@ type Peer struct {
 	want     Creds
 	handlers map[string]Handler
 	onReject func(reason string)
+	secrets  bool
 
 	wmu      sync.Mutex
 	mu       sync.Mutex
@@ -103,6 +107,11 @@ type Options struct {
 	// OnReject hears every message dropped as malformed or from the
 	// wrong sender (PID1 logs and audits them).
 	OnReject func(reason string)
+	// Secrets makes this end accept requests that carry key material
+	// (CallSecret): it receives into locked memory, hands the material
+	// to the handler in a locked buffer (SecretFrom) and zeroes both.
+	// Without it a datagram with key material is refused as malformed.
+	Secrets bool
 }
 
 // New makes a Peer on f (one end of Pair), which it takes over.
@@ -122,7 +131,7 @@ func New(f *os.File, o Options) (*Peer, error) {
 	if o.OnReject == nil {
 		o.OnReject = func(string) {}
 	}
-	return &Peer{fd: fd, name: o.Name, want: o.Want, handlers: o.Handlers, onReject: o.OnReject,
+	return &Peer{fd: fd, name: o.Name, want: o.Want, handlers: o.Handlers, onReject: o.OnReject, secrets: o.Secrets,
 		pending: map[uint64]chan reply{}, inflight: make(chan struct{}, MaxInFlight), done: make(chan struct{})}, nil
 }
 
@@ -154,6 +163,14 @@ func (p *Peer) Serve(ctx context.Context) error {
 	defer unix.Close(p.fd)
 	defer p.Close()
 	buf := make([]byte, MaxMessage+1)
+	if p.secrets {
+		lb, err := secret.New(MaxMessage + 1)
+		if err != nil {
+			return fmt.Errorf("control %s: %w", p.name, err)
+		}
+		defer lb.Destroy()
+		buf = lb.Bytes()
+	}
 	oob := make([]byte, unix.CmsgSpace(MaxFDs*4)+unix.CmsgSpace(unix.SizeofUcred))
 	for {
 		n, oobn, flags, _, err := unix.Recvmsg(p.fd, buf, oob, unix.MSG_CMSG_CLOEXEC)
@@ -184,9 +201,19 @@ func (p *Peer) Serve(ctx context.Context) error {
 			continue
 		}
 		var m message
-		if err := Decode(buf[:n], &m); err != nil {
+		sec, err := p.decodeMessage(buf[:n], &m)
+		if err != nil {
 			closeAll(fds)
 			p.onReject(fmt.Sprintf("control %s: %v", p.name, err))
+			continue
+		}
+		if sec != nil && (m.Reply || p.handlers[m.Op] == nil) {
+			sec.Destroy()
+			closeAll(fds)
+			p.onReject(fmt.Sprintf("control %s: key material on a message that takes none: refused", p.name))
+			if !m.Reply {
+				p.send(message{ID: m.ID, Reply: true, Err: fmt.Sprintf("unknown operation %q", m.Op)}, nil)
+			}
 			continue
 		}
 		if m.Reply {
@@ -209,15 +236,57 @@ func (p *Peer) Serve(ctx context.Context) error {
 		case p.inflight <- struct{}{}:
 			safego.Go("control "+p.name+" "+m.Op, func() {
 				defer func() { <-p.inflight }()
-				p.handle(ctx, m, fds)
+				defer sec.Destroy()
+				hctx := ctx
+				if sec != nil {
+					hctx = context.WithValue(ctx, secretKey{}, sec)
+				}
+				p.handle(hctx, m, fds)
 			})
 		default:
+			sec.Destroy()
 			closeAll(fds)
 			if err := p.send(message{ID: m.ID, Reply: true, Err: "busy: too many requests under way"}, nil); err != nil {
 				p.onReject(fmt.Sprintf("control %s: replying busy: %v", p.name, err))
 			}
 		}
 	}
+}
+
+// decodeMessage decodes one datagram. With Secrets set, the JSON may be
+// followed by a NUL byte and key material (a NUL never appears in JSON
+// text); the material is moved into a locked buffer and the datagram's
+// bytes are zeroed.
+func (p *Peer) decodeMessage(b []byte, m *message) (*secret.Buf, error) {
+	if !p.secrets {
+		return nil, Decode(b, m)
+	}
+	defer clear(b)
+	text, material, has := bytes.Cut(b, []byte{0})
+	if err := Decode(text, m); err != nil {
+		return nil, err
+	}
+	if !has {
+		return nil, nil
+	}
+	if len(material) == 0 || len(material) > MaxSecret {
+		return nil, fmt.Errorf("malformed message: %d bytes of key material, want 1 to %d", len(material), MaxSecret)
+	}
+	sec, err := secret.New(len(material))
+	if err != nil {
+		return nil, err
+	}
+	copy(sec.Bytes(), material)
+	return sec, nil
+}
+
+type secretKey struct{}
+
+// SecretFrom is the key material a request carried (nil if none), for
+// the handler serving it; the buffer is zeroed when the handler returns.
+func SecretFrom(ctx context.Context) *secret.Buf {
+	b, _ := ctx.Value(secretKey{}).(*secret.Buf)
+	return b
 }
 
 func (p *Peer) handle(ctx context.Context, m message, fds []*os.File) {
@@ -267,6 +336,10 @@ func (p *Peer) Call(ctx context.Context, op string, args, result any) ([]*os.Fil
 
 // CallFDs is Call with descriptors attached to the request.
 func (p *Peer) CallFDs(ctx context.Context, op string, args any, fds []*os.File, result any) ([]*os.File, error) {
+	return p.call(ctx, op, args, fds, nil, result)
+}
+
+func (p *Peer) call(ctx context.Context, op string, args any, fds []*os.File, material []byte, result any) ([]*os.File, error) {
 	var raw json.RawMessage
 	if args != nil {
 		b, err := json.Marshal(args)
@@ -285,7 +358,7 @@ func (p *Peer) CallFDs(ctx context.Context, op string, args any, fds []*os.File,
 	id := p.nextID
 	p.pending[id] = ch
 	p.mu.Unlock()
-	if err := p.send(message{ID: id, Op: op, Args: raw}, fds); err != nil {
+	if err := p.sendWith(message{ID: id, Op: op, Args: raw}, fds, material); err != nil {
 		p.mu.Lock()
 		delete(p.pending, id)
 		p.mu.Unlock()
@@ -319,12 +392,28 @@ func (p *Peer) CallFDs(ctx context.Context, op string, args any, fds []*os.File,
 	}
 }
 
+// CallSecret is Call with key material attached: it travels after the
+// JSON in the same datagram, is built in locked memory and zeroed once
+// sent, and reaches the handler only through SecretFrom. The other end
+// must have been made with Options.Secrets.
+func (p *Peer) CallSecret(ctx context.Context, op string, args any, material []byte, result any) error {
+	if len(material) == 0 || len(material) > MaxSecret {
+		return fmt.Errorf("control: %s: %d bytes of key material, want 1 to %d", op, len(material), MaxSecret)
+	}
+	_, err := p.call(ctx, op, args, nil, material, result)
+	return err
+}
+
 // RemoteError is an error the other end answered with.
 type RemoteError struct{ Op, Msg string }
 
 func (e *RemoteError) Error() string { return e.Op + ": " + e.Msg }
 
-func (p *Peer) send(m message, fds []*os.File) error {
+func (p *Peer) send(m message, fds []*os.File) error { return p.sendWith(m, fds, nil) }
+
+// sendWith sends m, and material after it when there is any (see
+// CallSecret): the datagram is then assembled in locked memory.
+func (p *Peer) sendWith(m message, fds []*os.File, material []byte) error {
 	if len(fds) > MaxFDs {
 		return fmt.Errorf("%d descriptors, at most %d", len(fds), MaxFDs)
 	}
@@ -332,8 +421,18 @@ func (p *Peer) send(m message, fds []*os.File) error {
 	if err != nil {
 		return err
 	}
-	if len(b) > MaxMessage {
-		return fmt.Errorf("a message of %d bytes, at most %d", len(b), MaxMessage)
+	if len(b)+1+len(material) > MaxMessage {
+		return fmt.Errorf("a message of %d bytes, at most %d", len(b)+1+len(material), MaxMessage)
+	}
+	if len(material) > 0 {
+		dg, err := secret.New(len(b) + 1 + len(material))
+		if err != nil {
+			return err
+		}
+		defer dg.Destroy()
+		copy(dg.Bytes(), b)
+		copy(dg.Bytes()[len(b)+1:], material)
+		b = dg.Bytes()
 	}
 	var oob []byte
 	if len(fds) > 0 {

@@ -206,3 +206,64 @@ func TestInFlightBound(t *testing.T) {
 	close(release)
 	wg.Wait()
 }
+
+// TestKeyMaterial: key material sent with CallSecret reaches the handler
+// of an end that accepts secrets, in a locked buffer; an end that does not accept them, a reply or an unknown
+// operation refuses the message, and the sender refuses empty or
+// oversized material.
+func TestKeyMaterial(t *testing.T) {
+	var mu sync.Mutex
+	var seen []byte
+	handlers := map[string]Handler{
+		"key": func(ctx context.Context, _ json.RawMessage, _ []*os.File) (any, []*os.File, error) {
+			sec := SecretFrom(ctx)
+			if sec == nil {
+				return nil, nil, errors.New("no key material")
+			}
+			mu.Lock()
+			seen = append([]byte(nil), sec.Bytes()...)
+			mu.Unlock()
+			return echoArgs{Text: "ok"}, nil, nil
+		},
+	}
+	var rejects []string
+	var rmu sync.Mutex
+	onReject := func(r string) { rmu.Lock(); rejects = append(rejects, r); rmu.Unlock() }
+	self := Creds{Pid: int32(os.Getpid()), UID: uint32(os.Getuid())}
+	pid1, svc := pair(t, Options{Name: "svc", Want: self, Handlers: handlers, Secrets: true, OnReject: onReject},
+		Options{Name: "pid1", Handlers: handlers, OnReject: onReject})
+	ctx := context.Background()
+	key := []byte("0123456789abcdef0123456789abcdef\x00\x01\x02\x03")
+	var out echoArgs
+	if err := svc.CallSecret(ctx, "key", struct{}{}, key, &out); err != nil || out.Text != "ok" {
+		t.Fatalf("CallSecret: %q %v", out.Text, err)
+	}
+	mu.Lock()
+	if string(seen) != string(key) {
+		t.Errorf("the handler saw %x, want %x", seen, key)
+	}
+	mu.Unlock()
+	if SecretFrom(ctx) != nil {
+		t.Fatal("SecretFrom outside a handler")
+	}
+	// Without a request handler for it, or to an end without Secrets.
+	if err := svc.CallSecret(ctx, "nothing", nil, key, nil); err == nil {
+		t.Error("key material to an unknown operation was accepted")
+	}
+	// An end without Secrets drops the datagram as malformed: no reply.
+	short, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer cancel()
+	if err := pid1.CallSecret(short, "key", nil, key, nil); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("an end without Secrets: %v, want no answer", err)
+	}
+	rmu.Lock()
+	if len(rejects) != 2 {
+		t.Errorf("refusals recorded: %q, want 2", rejects)
+	}
+	rmu.Unlock()
+	for _, bad := range [][]byte{nil, make([]byte, MaxSecret+1)} {
+		if err := svc.CallSecret(ctx, "key", nil, bad, nil); err == nil || !strings.Contains(err.Error(), "key material") {
+			t.Errorf("%d bytes of key material: %v", len(bad), err)
+		}
+	}
+}
