@@ -37,6 +37,8 @@ type service struct {
 	files func() ([]*os.File, error)
 	// handlers are the operations the service may ask PID1 for.
 	handlers map[string]control.Handler
+	// secrets: some of them carry key material (control.CallSecret).
+	secrets bool
 
 	ready chan struct{} // closed at the first control.OpReady
 	stop  chan struct{}
@@ -199,11 +201,11 @@ func (b *boot) startService(s *service) (*proc.Process, error) {
 	// Its output is untrusted: the console gets it through the escaping
 	// log path, each line prefixed with the service's name.
 	safego.Go("service output "+s.name, func() {
-		bootlog.CopyLines(pr, bootlog.MaxLine, func(l string) { b.log.Info(s.name + ": " + l) })
+		bootlog.CopyLines(pr, bootlog.MaxLine, func(l string) { bootlog.Relay(b.log, s.name, l) })
 		pr.Close()
 	})
 	peer, err := control.New(mine, control.Options{
-		Name: s.name, Want: control.Creds{Pid: int32(p.Pid()), UID: s.uid}, Handlers: s.handlers,
+		Name: s.name, Want: control.Creds{Pid: int32(p.Pid()), UID: s.uid}, Handlers: s.handlers, Secrets: s.secrets,
 		OnReject: s.rejects.limited(func(reason string) {
 			b.log.Warn(reason)
 			b.audit.Append(audit.KindBoot, "service "+s.name, "", reason, "refused")

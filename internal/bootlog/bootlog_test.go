@@ -126,3 +126,22 @@ func TestNoForgedLines(t *testing.T) {
 		}
 	}
 }
+
+// TestRelay: a service's line keeps its level (ERROR at most) and gets the
+// service's name; PID1's escaping applies to it.
+func TestRelay(t *testing.T) {
+	var out bytes.Buffer
+	log := slog.New(New(&out, slog.LevelInfo))
+	for _, c := range []struct{ in, want string }{
+		{"bulwark: ipsec: SAs installed peer=db-2 gen=1", "bulwark: keying: ipsec: SAs installed peer=db-2 gen=1\n"},
+		{"bulwark: WARN: ipsec: keying failed peer=db-2", "bulwark: WARN: keying: ipsec: keying failed peer=db-2\n"},
+		{"bulwark: FATAL: pretending", "bulwark: ERROR: keying: pretending\n"},
+		{"no prefix \x1b[2J", "bulwark: keying: no prefix \\x1b[2J\n"},
+	} {
+		out.Reset()
+		Relay(log, "keying", c.in)
+		if out.String() != c.want {
+			t.Errorf("Relay(%q) = %q, want %q", c.in, out.String(), c.want)
+		}
+	}
+}

@@ -1,5 +1,6 @@
 // Package service is what every service process of the node does the
-// same way: its log on standard error (which PID1 relays, escaped), its
+// same way: its log on standard error in the console's format (which
+// PID1 relays, escaped, under the service's name), its
 // panic reporter, its control socket to PID1, the configuration it asks
 // PID1 for at start, and telling PID1 it is confined and ready.
 package service
@@ -11,6 +12,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/bulwarkvm/bulwark/internal/bootlog"
 	"github.com/bulwarkvm/bulwark/internal/control"
 	"github.com/bulwarkvm/bulwark/internal/safego"
 	"github.com/bulwarkvm/bulwark/internal/sandbox"
@@ -30,7 +32,8 @@ type Process struct {
 // answers (plus the test image's hooks) and asks PID1 for configOp's
 // answer, decoded into cfg.
 func Start(ctl *os.File, handlers map[string]control.Handler, configOp string, cfg any) (*Process, error) {
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{ReplaceAttr: dropTime}))
+	// PID1 relays each line under the service's name (bootlog.Relay).
+	log := slog.New(bootlog.New(os.Stderr, slog.LevelInfo))
 	safego.SetReporter(func(r safego.Report) { log.Error("panic", "in", r.Name, "value", r.Value) })
 	if handlers == nil {
 		handlers = map[string]control.Handler{}
@@ -66,10 +69,3 @@ func (p *Process) Ready(rep sandbox.Report) error {
 // Wait returns when the control socket ends: PID1 closing it (or dying)
 // ends the service.
 func (p *Process) Wait() { <-p.served }
-
-func dropTime(_ []string, a slog.Attr) slog.Attr {
-	if a.Key == slog.TimeKey {
-		return slog.Attr{}
-	}
-	return a
-}
