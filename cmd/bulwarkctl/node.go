@@ -221,6 +221,13 @@ func printStatus(stdout io.Writer, b []byte) error {
 			Protocol                           string
 			Active, Served, Refused, Plaintext int64
 		} `json:"front_doors"`
+		Services []struct {
+			Name, State, UID, Seccomp, Landlock string
+			Pid, Restarts                       int
+			CapEff                              string `json:"cap_eff"`
+			NoNewPrivs                          string `json:"no_new_privs"`
+			LastExit                            string `json:"last_exit"`
+		} `json:"services"`
 		IPsec      json.RawMessage `json:"ipsec"`
 		Backups    string          `json:"backups"`
 		TPM        string          `json:"tpm"`
@@ -243,6 +250,18 @@ func printStatus(stdout io.Writer, b []byte) error {
 	}
 	for _, d := range st.FrontDoors {
 		fmt.Fprintf(stdout, "front door %d (%s): %d active, %d served, %d refused, %d plaintext attempts\n", d.Port, d.Protocol, d.Active, d.Served, d.Refused, d.Plaintext)
+	}
+	for _, v := range st.Services {
+		caps := "no capabilities"
+		if strings.Trim(v.CapEff, "0") != "" {
+			caps = "capabilities " + v.CapEff
+		}
+		line := fmt.Sprintf("service %s: %s, pid %d, uid %s, %s, no_new_privs %s, seccomp %s, landlock %s, %d restarts",
+			v.Name, v.State, v.Pid, v.UID, caps, v.NoNewPrivs, v.Seccomp, v.Landlock, v.Restarts)
+		if v.LastExit != "" {
+			line += ", last " + v.LastExit
+		}
+		fmt.Fprintln(stdout, line)
 	}
 	var peers []struct {
 		Name, Address, State string

@@ -108,3 +108,25 @@ func TestCLIAgainstAManagementAPI(t *testing.T) {
 	ctl(t, 2, "status")
 	ctl(t, 1, "status", "--node", s.Addr().String(), "--cert", filepath.Join(dir, "node.pem"), "--key", filepath.Join(dir, "node.key"), "--ca", filepath.Join(ca, "ca.pem"))
 }
+
+// TestPrintStatusServices: the text status lists each service process
+// with what the kernel says of it, and its last exit once it restarted.
+func TestPrintStatusServices(t *testing.T) {
+	in := `{"hostname": "db-1", "services": [
+		{"name": "frontdoor", "state": "running", "pid": 310, "uid": "61001", "cap_eff": "0000000000000000", "no_new_privs": "1", "seccomp": "2", "landlock": "ABI v4", "restarts": 0},
+		{"name": "keying", "state": "running", "pid": 412, "uid": "61003", "cap_eff": "0000000000001000", "no_new_privs": "1", "seccomp": "2", "landlock": "ABI v4", "restarts": 2, "last_exit": "killed by signal killed"}],
+		"ipsec": "not configured on this node"}`
+	var out bytes.Buffer
+	if err := printStatus(&out, []byte(in)); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		"service frontdoor: running, pid 310, uid 61001, no capabilities, no_new_privs 1, seccomp 2, landlock ABI v4, 0 restarts\n",
+		"service keying: running, pid 412, uid 61003, capabilities 0000000000001000, no_new_privs 1, seccomp 2, landlock ABI v4, 2 restarts, last killed by signal killed\n",
+		"ipsec: not configured on this node\n",
+	} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("status lacks %q:\n%s", want, out.String())
+		}
+	}
+}
