@@ -20,7 +20,6 @@ import (
 	"github.com/bulwarkvm/bulwark/internal/bootlog"
 	"github.com/bulwarkvm/bulwark/internal/config"
 	"github.com/bulwarkvm/bulwark/internal/firewall"
-	"github.com/bulwarkvm/bulwark/internal/ipsec"
 	"github.com/bulwarkvm/bulwark/internal/kmod"
 	"github.com/bulwarkvm/bulwark/internal/proc"
 	"github.com/bulwarkvm/bulwark/internal/safego"
@@ -58,7 +57,7 @@ type boot struct {
 	services  []*service
 	frontDoor *service
 	volumes   []*volume.Volume
-	ipsec     *ipsec.Manager
+	keying    *service
 	backups   *backups
 	// tpm is the node's TPM, nil when it has none.
 	tpm *tpm.TPM

@@ -6,6 +6,7 @@ import (
 	"strconv"
 
 	"github.com/bulwarkvm/bulwark/services/frontdoor"
+	"github.com/bulwarkvm/bulwark/services/keying"
 	"github.com/bulwarkvm/bulwark/services/mgmt"
 )
 
@@ -36,6 +37,8 @@ func runService(argv []string) int {
 		return frontdoor.Main(ctl, files)
 	case "mgmt":
 		return mgmt.Main(ctl, files)
+	case "keying":
+		return keying.Main(ctl, files)
 	}
 	fmt.Fprintln(os.Stderr, "bulwark: no service", argv[1])
 	return 2

@@ -10,6 +10,7 @@ import (
 	"github.com/bulwarkvm/bulwark/internal/frontdoor"
 	"github.com/bulwarkvm/bulwark/internal/mgmt"
 	fdsvc "github.com/bulwarkvm/bulwark/services/frontdoor"
+	ksvc "github.com/bulwarkvm/bulwark/services/keying"
 )
 
 // startServices starts the TLS front door on each configured client port
@@ -107,8 +108,8 @@ func (b *boot) Status() any {
 			st.FrontDoors = append(st.FrontDoors, d)
 		}
 	}
-	if b.ipsec != nil {
-		st.IPsec = b.ipsec.Status()
+	if b.keying != nil {
+		st.IPsec = b.ipsecStatus()
 	}
 	st.AuditHead, st.AuditCount = b.audit.Head()
 	st.AuditFile = b.auditFile
@@ -149,11 +150,12 @@ func (b *boot) SetAllowlist(entries []string) (string, error) {
 
 // Rekey forces a new key generation with every IPsec peer.
 func (b *boot) Rekey() error {
-	if b.ipsec == nil {
+	if b.keying == nil {
 		return fmt.Errorf("IPsec is not configured on this node: %w", mgmt.ErrNotAvailable)
 	}
-	b.ipsec.RekeyAll()
-	return nil
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	return b.keying.call(ctx, ksvc.OpRekey, nil, nil)
 }
 
 // Shutdown starts the shutdown (which always crypto-erases the volumes).

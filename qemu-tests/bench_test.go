@@ -279,7 +279,7 @@ func BenchmarkIPsec(b *testing.B) {
 	vm2 := harness.Start(b, harness.Options{Name: "db-2", Image: img, Config: cfg2, Net: n})
 	r1 := vm1.MustWaitFor(`^bulwark: ready$`, 3*time.Minute)
 	vm2.MustWaitFor(`^bulwark: ready$`, 3*time.Minute)
-	sa := vm1.MustWaitFor(`^bulwark: ipsec: SAs installed peer=db-2 gen=1 `, time.Minute)
+	sa := vm1.MustWaitFor(`^bulwark: keying: ipsec: SAs installed peer=db-2 gen=1 `, time.Minute)
 	b.ReportMetric(max(0, (sa.At-r1.At).Seconds()), "s-ready-to-SAs-db-1")
 	took := regexp.MustCompile(`took=([0-9.]+m?s)`)
 	dur := func(l harness.Line) time.Duration {
@@ -302,7 +302,7 @@ func BenchmarkIPsec(b *testing.B) {
 		if out, code := (operator{t: b, from: ops, bin: ctlBin, dir: dir, caFile: filepath.Join(dir, "ca", "ca.pem")}).run("robot", "ipsec", "rekey"); code != 0 {
 			b.Fatalf("rekey: exit %d\n%s", code, out)
 		}
-		total += dur(vm1.MustWaitFor(fmt.Sprintf(`^bulwark: ipsec: SAs installed peer=db-2 gen=%d `, i), time.Minute))
+		total += dur(vm1.MustWaitFor(fmt.Sprintf(`^bulwark: keying: ipsec: SAs installed peer=db-2 gen=%d `, i), time.Minute))
 	}
 	b.ReportMetric(total.Seconds()/rekeys, "s-rekey")
 

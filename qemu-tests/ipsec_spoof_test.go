@@ -48,7 +48,7 @@ func TestIPsecSpoofedKeyingPort(t *testing.T) {
 	stop := vm1.Capture(pcap)
 	vm1.MustWaitFor(`^bulwark: ready$`, 3*time.Minute)
 	vm2.MustWaitFor(`^bulwark: ready$`, 3*time.Minute)
-	vm1.MustWaitFor(`^bulwark: ipsec: SAs installed peer=db-2 gen=1 `, 2*time.Minute)
+	vm1.MustWaitFor(`^bulwark: keying: ipsec: SAs installed peer=db-2 gen=1 `, 2*time.Minute)
 
 	// The spoofer: db-2's address on the same bridge, in a subnet, so
 	// that its packets really reach db-1. It neither asks (db-1's MAC is
@@ -97,7 +97,7 @@ func TestIPsecSpoofedKeyingPort(t *testing.T) {
 		if out, code := op.run("robot", "ipsec", "rekey"); code != 0 {
 			t.Fatalf("rekey: exit %d\n%s", code, out)
 		}
-		vm1.MustWaitFor(fmt.Sprintf(`^bulwark: ipsec: SAs installed peer=db-2 gen=%d `, gen), time.Minute)
+		vm1.MustWaitFor(fmt.Sprintf(`^bulwark: keying: ipsec: SAs installed peer=db-2 gen=%d `, gen), time.Minute)
 	}
 	stop()
 

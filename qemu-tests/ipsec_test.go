@@ -47,8 +47,9 @@ func ipsecNode(t testing.TB, ca *pki.CA, name, addr string, peers [][2]string, w
 // every node's NIC captured: traffic between any two nodes is ESP only and
 // carries no plaintext, the stranger never gets SAs and cannot reach the
 // internal port, spoofed plaintext is dropped, a stream and a ping between
-// two nodes survive 20 forced rekeys without loss or reset, and a peer
-// that reboots is keyed again with its old SAs gone at once.
+// two nodes survive 20 forced rekeys and three restarts of a keying
+// process without loss or reset, and a peer that reboots is keyed again
+// with its old SAs gone at once.
 func TestIPsec(t *testing.T) {
 	img := testImage(t)
 	ctlBin := buildCtl(t)
@@ -98,16 +99,16 @@ func TestIPsec(t *testing.T) {
 		vm.MustWaitFor(`^bulwark: ready$`, 3*time.Minute)
 	}
 	t0 := time.Now()
-	vm1.MustWaitFor(`^bulwark: ipsec: SAs installed peer=db-2 gen=1 `, 2*time.Minute)
-	vm1.MustWaitFor(`^bulwark: ipsec: SAs installed peer=db-3 gen=1 `, 2*time.Minute)
-	vm2.MustWaitFor(`^bulwark: ipsec: SAs installed peer=db-3 gen=1 `, 2*time.Minute)
+	vm1.MustWaitFor(`^bulwark: keying: ipsec: SAs installed peer=db-2 gen=1 `, 2*time.Minute)
+	vm1.MustWaitFor(`^bulwark: keying: ipsec: SAs installed peer=db-3 gen=1 `, 2*time.Minute)
+	vm2.MustWaitFor(`^bulwark: keying: ipsec: SAs installed peer=db-3 gen=1 `, 2*time.Minute)
 	t.Logf("SAs between the three nodes installed %s after all were ready", time.Since(t0).Round(100*time.Millisecond))
 	vm1.MustWaitFor(`^bulwark: workload: netprobe: stream to 10\.99\.0\.11:5433: connected$`, time.Minute)
 	vm1.MustWaitFor(`^bulwark: workload: netprobe: ping 10\.99\.0\.11: answered, counting$`, time.Minute)
 
 	// The stranger: refused at the keying handshake, and its plaintext
 	// connections to the internal port go nowhere.
-	vm1.MustWaitFor(`^bulwark: WARN: ipsec: keying (handshake refused|failed) .*peer=db-4`, time.Minute)
+	vm1.MustWaitFor(`^bulwark: WARN: keying: ipsec: keying (handshake refused|failed) .*peer=db-4`, time.Minute)
 	vm4.MustWaitFor(`^bulwark: workload: netprobe: outbound 10\.99\.0\.12:5433: `, 2*time.Minute)
 	for _, l := range vm4.Lines() {
 		if strings.Contains(l.Text, "netprobe: outbound") && strings.HasSuffix(l.Text, ": connected") {
@@ -124,12 +125,40 @@ func TestIPsec(t *testing.T) {
 		if out, code := op.run("robot", "ipsec", "rekey"); code != 0 {
 			t.Fatalf("rekey %d: exit %d\n%s", i, code, out)
 		}
-		vm1.MustWaitFor(fmt.Sprintf(`^bulwark: ipsec: SAs installed peer=db-2 gen=%d `, i), time.Minute)
+		vm1.MustWaitFor(fmt.Sprintf(`^bulwark: keying: ipsec: SAs installed peer=db-2 gen=%d `, i), time.Minute)
 	}
+	// db-1's keying process is killed, made to panic and made to call a
+	// system call its filter forbids, while the stream and the ping run:
+	// the SAs are PID1's and stay (the ping below loses nothing), the
+	// process comes back unprivileged each time, and it goes on from the
+	// generations the kernel holds: the next rekey is generation 22.
+	for i, c := range []struct{ hook, exit string }{
+		{"kill", "killed by signal killed"},
+		{"panic", "exited with status 2"},
+		{"forbidden-syscall", "killed by signal bad system call"},
+	} {
+		res, err := op.testHook("robot", "keying", c.hook)
+		t.Logf("keying hook %s: %s %v", c.hook, res, err)
+		vm1.MustWaitFor(`^bulwark: WARN: service keying: `+c.exit+`; restarting in `, time.Minute)
+		back := regexp.MustCompile(fmt.Sprintf(`service keying: running, pid \d+, uid 61003, no capabilities, no_new_privs 1, seccomp 2, landlock [^,]+, %d restarts`, i+1))
+		var out string
+		for t0 := time.Now(); time.Since(t0) < time.Minute; time.Sleep(time.Second) {
+			if out, _ = op.run("robot", "status"); back.MatchString(out) && strings.Contains(out, "ipsec peer db-2 10.99.0.11: up, generation 21,") {
+				break
+			}
+		}
+		if !back.MatchString(out) || !strings.Contains(out, "ipsec peer db-2 10.99.0.11: up, generation 21,") {
+			t.Fatalf("after keying hook %s: the keying process is not back with generation 21 for db-2:\n%s", c.hook, out)
+		}
+	}
+	if out, code := op.run("robot", "ipsec", "rekey"); code != 0 {
+		t.Fatalf("rekey after the keying restarts: exit %d\n%s", code, out)
+	}
+	vm1.MustWaitFor(`^bulwark: keying: ipsec: SAs installed peer=db-2 gen=22 `, time.Minute)
 	out, _ := op.run("robot", "status")
-	t.Logf("status after the rekeys:\n%s", out)
-	if !regexp.MustCompile(`ipsec peer db-2 10\.99\.0\.11: up, generation 21`).MatchString(out) {
-		t.Errorf("status does not show generation 21 for db-2:\n%s", out)
+	t.Logf("status after the rekeys and the keying restarts:\n%s", out)
+	if !regexp.MustCompile(`ipsec peer db-2 10\.99\.0\.11: up, generation 22`).MatchString(out) {
+		t.Errorf("status does not show generation 22 for db-2:\n%s", out)
 	}
 	for _, c := range []struct {
 		vm       *harness.VM
@@ -198,7 +227,7 @@ func TestIPsec(t *testing.T) {
 	vm2 = harness.Start(t, harness.Options{Name: "db-2-again", Image: img, Config: cfg2, Net: n, MAC: "52:54:00:00:00:11"})
 	vm2.MustWaitFor(`^bulwark: ready$`, 3*time.Minute)
 	t0 = time.Now()
-	vm1.MustWaitFor(`^bulwark: ipsec: SAs installed peer=db-2 gen=\d+ .*peer_rebooted=true$`, 2*time.Minute)
+	vm1.MustWaitFor(`^bulwark: keying: ipsec: SAs installed peer=db-2 gen=\d+ .*peer_rebooted=true$`, 2*time.Minute)
 	t.Logf("db-2 keyed again %s after its reboot", time.Since(t0).Round(100*time.Millisecond))
 	// The SAs of db-2's previous boot are gone at once: one generation
 	// left, though the grace period has not passed.

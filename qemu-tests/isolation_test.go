@@ -28,7 +28,8 @@ import (
 // LUKS UUID.
 //
 // The same for the management API's process, while a client's connection
-// through the front door stays up. The IPsec keying and the backup rounds
+// through the front door stays up. The IPsec keying process is broken the
+// same way in TestIPsec, which has the peers it needs; the backup rounds
 // are still in PID1 (issue 18).
 func TestServiceIsolation(t *testing.T) {
 	img := testImage(t)

@@ -2,11 +2,17 @@ package qemutests
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
+	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -80,4 +86,41 @@ func projectPKI(t testing.TB, dir string, clients map[string]string) []byte {
 	}
 	section, _ := json.Marshal(map[string]any{"ca": string(ca.PEM), "certificate": string(node.CertPEM), "key": string(node.KeyPEM)})
 	return section
+}
+
+// testHook calls the test image's POST /v1/test/hook as who: it breaks
+// service on purpose (hook "kill", "panic" or "forbidden-syscall").
+func (o operator) testHook(who, service, hook string) (string, error) {
+	o.t.Helper()
+	caPEM, err := os.ReadFile(o.caFile)
+	if err != nil {
+		return "", err
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(caPEM)
+	cert, err := tls.LoadX509KeyPair(filepath.Join(o.dir, who+".pem"), filepath.Join(o.dir, who+".key"))
+	if err != nil {
+		return "", err
+	}
+	var body []byte
+	err = o.from.Do(func() error {
+		hc := &http.Client{Timeout: 15 * time.Second, Transport: &http.Transport{
+			TLSClientConfig: &tls.Config{RootCAs: pool, ServerName: "10.99.0.10", Certificates: []tls.Certificate{cert}},
+			// Dial inside the client's namespace: the transport dials on
+			// threads of its own.
+			DialContext: o.from.Dial}}
+		defer hc.CloseIdleConnections()
+		resp, err := hc.Post("https://10.99.0.10:9443/v1/test/hook", "application/json",
+			strings.NewReader(fmt.Sprintf(`{"service": %q, "hook": %q}`, service, hook)))
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		body, _ = io.ReadAll(resp.Body)
+		if resp.StatusCode/100 != 2 {
+			return fmt.Errorf("test hook %s %s: %s: %s", service, hook, resp.Status, body)
+		}
+		return nil
+	})
+	return string(body), err
 }

@@ -35,6 +35,9 @@ const (
 	// AES-GCM limits (2^32 packets per key is the usual GCM bound).
 	rekeyBytes   = 1 << 40
 	rekeyPackets = 1 << 31
+	// maxOld older generations at most stay for their grace period; with
+	// the current one and one being made that is within maxGenerations.
+	maxOld = 3
 )
 
 // Options configure the manager.
@@ -48,6 +51,15 @@ type Options struct {
 	Rekey      time.Duration
 	Grace      time.Duration
 	Log        *slog.Logger
+	// Kernel installs the SAs; nil: an XFRM of the manager's own, which
+	// installs the policies at Start and removes the SAs at Close.
+	Kernel Kernel
+	// Listener is the keying listener, with the bypass (Listen); nil:
+	// Start makes it.
+	Listener net.Listener
+	// Resume are the generations already installed with each peer (a
+	// keying process restarted): keying goes on from them.
+	Resume map[netip.Addr][]Generation
 }
 
 // Peer is another node: the name its certificate must carry and its
@@ -57,21 +69,11 @@ type Peer struct {
 	Addr netip.Addr
 }
 
-// generation is one installed key generation with a peer.
-type generation struct {
-	gen           uint64
-	inSPI, outSPI uint32
-	installed     time.Time
-	peerBoot      string
-}
-
 type peerState struct {
 	Peer
-	reqid    int
-	policies int // installed
 	mu       sync.Mutex
-	cur      *generation
-	old      []*generation
+	cur      *Generation
+	old      []*Generation
 	state    string
 	lastErr  string
 	rekeys   int
@@ -90,6 +92,8 @@ type Manager struct {
 	boot        string
 	peers       []*peerState
 	ln          net.Listener
+	k           Kernel
+	xfrm        *XFRM // the manager's own, when Options.Kernel was nil
 	done        chan struct{}
 	wg          sync.WaitGroup
 	tls         *tls.Config
@@ -117,25 +121,58 @@ func Start(o Options) (*Manager, error) {
 		ClientCAs:    pool,
 		ClientAuth:   tls.RequireAndVerifyClientCert,
 	}
-	for i, p := range o.Peers {
-		ps := &peerState{Peer: p, reqid: 1000 + i, state: "connecting", kick: make(chan struct{}, 1), want: make(chan string, 1)}
-		if err := installPolicies(policies(o.Self, p.Addr, 0, ps.reqid)); err != nil {
-			m.removeAll()
+	m.k = o.Kernel
+	if m.k == nil {
+		var addrs []netip.Addr
+		for _, p := range o.Peers {
+			addrs = append(addrs, p.Addr)
+		}
+		x, err := NewXFRM(o.Self, addrs)
+		if err != nil {
 			return nil, err
 		}
+		m.k, m.xfrm = x, x
+	}
+	for _, p := range o.Peers {
+		ps := &peerState{Peer: p, state: "connecting", kick: make(chan struct{}, 1), want: make(chan string, 1)}
+		m.resume(ps, o.Resume[p.Addr])
 		m.peers = append(m.peers, ps)
 	}
 	// The listener carries the keying connection's plaintext bypass; the
 	// connections it accepts inherit it.
-	lc := net.ListenConfig{Control: bypassSocket}
-	ln, err := lc.Listen(context.Background(), "tcp", net.JoinHostPort(o.Self.String(), fmt.Sprint(o.KeyingPort)))
-	if err != nil {
-		m.removeAll()
-		return nil, fmt.Errorf("ipsec: keying port: %w", err)
+	m.ln = o.Listener
+	if m.ln == nil {
+		ln, err := Listen(o.Self, o.KeyingPort)
+		if err != nil {
+			if m.xfrm != nil {
+				m.xfrm.RemovePolicies()
+			}
+			return nil, err
+		}
+		m.ln = ln
 	}
-	m.ln = ln
 	m.startLoops()
 	return m, nil
+}
+
+// resume takes over the generations a previous keying process left with
+// the peer: the current one, and those still in their grace period. One
+// whose outbound SA never came is deleted.
+func (m *Manager) resume(p *peerState, gens []Generation) {
+	for _, g := range gens {
+		switch {
+		case g.OutSPI == 0:
+			m.k.Delete(p.Addr, g.InSPI)
+		case g.Current:
+			g := g
+			p.cur = &g
+			p.state = "up"
+			p.lastBoot = g.PeerBoot
+		default:
+			g := g
+			p.old = append(p.old, &g)
+		}
+	}
 }
 
 // Test hooks, nil outside tests: each runs at the start of its goroutine
@@ -166,14 +203,17 @@ func (m *Manager) loop(name string, fn func()) {
 	}()
 }
 
-// Close stops keying. It deletes the SAs, which hold the keys, but leaves the policies that
-// require ESP in place (they hold no secret): until the machine powers
-// off, nothing between this node and a peer leaves in plaintext, not even
-// from a process that outlived the teardown. Installing the policies again
-// (a new Start) replaces them.
+// Close stops keying. With an XFRM of its own it deletes the SAs, which
+// hold the keys, but leaves the policies that require ESP in place (they
+// hold no secret): until the machine powers off, nothing between this
+// node and a peer leaves in plaintext, not even from a process that
+// outlived the teardown. Installing the policies again (a new Start)
+// replaces them. With Options.Kernel, the SAs are its owner's to remove.
 func (m *Manager) Close() error {
 	m.stopLoops()
-	m.removeSAs()
+	if m.xfrm != nil {
+		m.xfrm.RemoveSAs()
+	}
 	return nil
 }
 
@@ -182,27 +222,6 @@ func (m *Manager) stopLoops() {
 	close(m.done)
 	m.ln.Close()
 	m.wg.Wait()
-}
-
-func (m *Manager) removeAll() {
-	m.removeSAs()
-	for _, p := range m.peers {
-		removePolicies(policies(m.o.Self, p.Addr, 0, p.reqid))
-	}
-}
-
-// removeSAs deletes every SA of every peer, and with them the ESP keys.
-func (m *Manager) removeSAs() {
-	for _, p := range m.peers {
-		p.mu.Lock()
-		for _, g := range append(p.old, p.cur) {
-			if g != nil {
-				deleteState(p.Addr, m.o.Self, g.inSPI)
-				deleteState(m.o.Self, p.Addr, g.outSPI)
-			}
-		}
-		p.mu.Unlock()
-	}
 }
 
 // initiates: the peer with the lower address initiates each generation;
@@ -231,7 +250,7 @@ func (m *Manager) run(p *peerState) {
 		p.mu.Lock()
 		cur := p.cur
 		p.mu.Unlock()
-		due := cur == nil || time.Since(cur.installed) >= m.o.Rekey || m.overVolume(p, cur)
+		due := cur == nil || time.Since(cur.Installed) >= m.o.Rekey || m.overVolume(p, cur)
 		wait := 5 * time.Second
 		if due {
 			var err error
@@ -270,7 +289,7 @@ func (m *Manager) run(p *peerState) {
 			// Only if the peer's current boot has no SAs with us yet:
 			// a request can cross a generation already under way.
 			p.mu.Lock()
-			current := p.cur != nil && p.cur.peerBoot == boot
+			current := p.cur != nil && p.cur.PeerBoot == boot
 			p.mu.Unlock()
 			if !current && m.initiates(p) {
 				if err := m.initiate(p); err != nil {
@@ -282,24 +301,30 @@ func (m *Manager) run(p *peerState) {
 	}
 }
 
-func (m *Manager) overVolume(p *peerState, g *generation) bool {
+func (m *Manager) overVolume(p *peerState, g *Generation) bool {
 	if g == nil {
 		return false
 	}
-	b, n, err := stateStats(m.o.Self, p.Addr, g.outSPI)
-	return err == nil && (b > rekeyBytes || n > rekeyPackets)
+	s, err := m.k.Stats(p.Addr, g.InSPI)
+	return err == nil && (s.BytesOut > rekeyBytes || s.PacketsOut > rekeyPackets)
 }
 
 // retire deletes generations older than the current one once the grace
-// period has passed (immediately when the peer has rebooted).
+// period has passed (immediately when the peer has rebooted, or when more
+// than maxOld are waiting).
 func (m *Manager) retire(p *peerState) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	keep := p.old[:0]
-	for _, g := range p.old {
-		if p.cur != nil && (g.peerBoot != p.cur.peerBoot || time.Since(p.cur.installed) >= m.o.Grace) {
-			deleteState(p.Addr, m.o.Self, g.inSPI)
-			deleteState(m.o.Self, p.Addr, g.outSPI)
+	for i, g := range p.old {
+		// Beyond maxOld older generations (rekeys faster than the grace
+		// period) the oldest go at once: only the last ones can still
+		// have packets in flight, and PID1 holds at most maxGenerations.
+		tooMany := len(p.old)-i > maxOld
+		if tooMany || p.cur != nil && (g.PeerBoot != p.cur.PeerBoot || time.Since(p.cur.Installed) >= m.o.Grace) {
+			if err := m.k.Delete(p.Addr, g.InSPI); err != nil {
+				m.o.Log.Warn("ipsec: retiring a generation", "peer", p.Name, "gen", g.Gen, "err", err)
+			}
 			continue
 		}
 		keep = append(keep, g)
@@ -311,9 +336,15 @@ func (m *Manager) dial(p *peerState) (*tls.Conn, error) {
 	cfg := m.tls.Clone()
 	cfg.ServerName = p.Name
 	cfg.VerifyConnection = m.verifyPeer(p)
-	d := &net.Dialer{Timeout: 10 * time.Second, LocalAddr: &net.TCPAddr{IP: m.o.Self.AsSlice()}, Control: bypassSocket}
-	c, err := tls.DialWithDialer(d, "tcp", net.JoinHostPort(p.Addr.String(), fmt.Sprint(m.o.KeyingPort)), cfg)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	raw, err := m.k.Dial(ctx, p.Addr, m.o.KeyingPort)
 	if err != nil {
+		return nil, fmt.Errorf("keying connection to %s: %w", p.Addr, err)
+	}
+	c := tls.Client(raw, cfg)
+	if err := c.HandshakeContext(ctx); err != nil {
+		c.Close()
 		return nil, fmt.Errorf("keying connection to %s: %w", p.Addr, err)
 	}
 	return c, nil
@@ -361,10 +392,10 @@ func (m *Manager) initiate(p *peerState) error {
 	p.mu.Lock()
 	gen := uint64(1)
 	if p.cur != nil {
-		gen = p.cur.gen + 1
+		gen = p.cur.Gen + 1
 	}
 	p.mu.Unlock()
-	inSPI, err := allocSPI(p.Addr, m.o.Self, p.reqid)
+	inSPI, err := m.k.AllocSPI(p.Addr)
 	if err != nil {
 		return err
 	}
@@ -381,7 +412,7 @@ func (m *Manager) initiate(p *peerState) error {
 // respond runs one generation as the responder.
 func (m *Manager) respond(p *peerState, w *wire, cs tls.ConnectionState, hello message) error {
 	start := time.Now()
-	inSPI, err := allocSPI(p.Addr, m.o.Self, p.reqid)
+	inSPI, err := m.k.AllocSPI(p.Addr)
 	if err != nil {
 		w.send(message{Type: "error", Err: err.Error()})
 		return err
@@ -418,22 +449,19 @@ func (m *Manager) install(p *peerState, w *wire, cs tls.ConnectionState, initiat
 		outKey, inKey = inKey, outKey
 		inSPI, outSPI = spiR, spiI
 	}
-	if err := installState(p.Addr, m.o.Self, inSPI, inKey, p.reqid); err != nil {
+	if err := m.k.AddInbound(p.Addr, Generation{Gen: gen, InSPI: inSPI, PeerBoot: peerBoot}, inKey); err != nil {
 		return err
 	}
 	if err := w.send(message{Type: "ready"}); err != nil {
-		deleteState(p.Addr, m.o.Self, inSPI)
+		m.k.Delete(p.Addr, inSPI)
 		return err
 	}
 	if _, err := w.recv("ready"); err != nil {
-		deleteState(p.Addr, m.o.Self, inSPI)
+		m.k.Delete(p.Addr, inSPI)
 		return err
 	}
-	if err := installState(m.o.Self, p.Addr, outSPI, outKey, p.reqid); err != nil {
-		deleteState(p.Addr, m.o.Self, inSPI)
-		return err
-	}
-	if err := installPolicies(policies(m.o.Self, p.Addr, outSPI, p.reqid)); err != nil {
+	if err := m.k.AddOutbound(p.Addr, inSPI, outSPI, outKey); err != nil {
+		m.k.Delete(p.Addr, inSPI)
 		return err
 	}
 	p.mu.Lock()
@@ -441,7 +469,7 @@ func (m *Manager) install(p *peerState, w *wire, cs tls.ConnectionState, initiat
 		p.old = append(p.old, p.cur)
 	}
 	rebooted := p.lastBoot != "" && p.lastBoot != peerBoot
-	p.cur = &generation{gen: gen, inSPI: inSPI, outSPI: outSPI, installed: time.Now(), peerBoot: peerBoot}
+	p.cur = &Generation{Gen: gen, InSPI: inSPI, OutSPI: outSPI, Installed: time.Now(), PeerBoot: peerBoot, Current: true}
 	p.lastBoot = peerBoot
 	p.state, p.lastErr = "up", ""
 	p.rekeys++
@@ -591,23 +619,20 @@ func (m *Manager) Status() []PeerStatus {
 		if p.cur != nil {
 			s.Generations++
 		}
-		if g := p.cur; g != nil {
-			s.Generation = g.gen
-			s.SAAge = time.Since(g.installed).Round(time.Second).String()
-			s.BytesOut, s.PacketsOut, _ = stateStats(m.o.Self, p.Addr, g.outSPI)
-			s.BytesIn, s.PacketsIn, _ = stateStats(p.Addr, m.o.Self, g.inSPI)
+		g := p.cur
+		if g != nil {
+			s.Generation = g.Gen
+			s.SAAge = time.Since(g.Installed).Round(time.Second).String()
 		}
 		p.mu.Unlock()
+		// The counters come from the kernel (through PID1 for the
+		// keying process), outside the peer's lock.
+		if g != nil {
+			if st, err := m.k.Stats(p.Addr, g.InSPI); err == nil {
+				s.BytesOut, s.PacketsOut, s.BytesIn, s.PacketsIn = st.BytesOut, st.PacketsOut, st.BytesIn, st.PacketsIn
+			}
+		}
 		out = append(out, s)
-	}
-	return out
-}
-
-// Summary is a line per peer for the readiness report.
-func (m *Manager) Summary() []string {
-	var out []string
-	for _, s := range m.Status() {
-		out = append(out, fmt.Sprintf("%s %s: %s", s.Name, s.Address, s.State))
 	}
 	return out
 }

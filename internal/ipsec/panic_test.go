@@ -2,6 +2,7 @@ package ipsec
 
 import (
 	"bytes"
+	"context"
 	"crypto/tls"
 	"errors"
 	"io"
@@ -58,9 +59,9 @@ func loopsOnly(t *testing.T) (m *Manager, logs *syncBuf, stop func()) {
 	m = &Manager{
 		o: Options{Self: netip.MustParseAddr("127.0.0.1"), KeyingPort: 1, Rekey: time.Hour, Grace: time.Second,
 			Log: slog.New(slog.NewTextHandler(logs, nil))},
-		done: make(chan struct{}), ln: ln, tls: &tls.Config{},
+		done: make(chan struct{}), ln: ln, tls: &tls.Config{}, k: unreachable{},
 	}
-	m.peers = []*peerState{{Peer: Peer{Name: "peer.test", Addr: netip.MustParseAddr("127.0.0.2")}, reqid: 1000,
+	m.peers = []*peerState{{Peer: Peer{Name: "peer.test", Addr: netip.MustParseAddr("127.0.0.2")},
 		state: "connecting", kick: make(chan struct{}, 1), want: make(chan string, 1)}}
 	m.startLoops()
 	var once sync.Once
@@ -150,4 +151,19 @@ func TestPanicInServe(t *testing.T) {
 	}
 	defer c.Close()
 	logs.waitFor(t, "keying connection from a non-peer")
+}
+
+// unreachable is a Kernel whose peer never answers: the loops' tests need
+// no SA.
+type unreachable struct{}
+
+var errUnreachable = errors.New("the peer is unreachable (test)")
+
+func (unreachable) AllocSPI(netip.Addr) (uint32, error)                  { return 0, errUnreachable }
+func (unreachable) AddInbound(netip.Addr, Generation, []byte) error      { return errUnreachable }
+func (unreachable) AddOutbound(netip.Addr, uint32, uint32, []byte) error { return errUnreachable }
+func (unreachable) Delete(netip.Addr, uint32) error                      { return errUnreachable }
+func (unreachable) Stats(netip.Addr, uint32) (SAStats, error)            { return SAStats{}, errUnreachable }
+func (unreachable) Dial(context.Context, netip.Addr, int) (net.Conn, error) {
+	return nil, errUnreachable
 }

@@ -142,7 +142,7 @@ func demo(r *runner, out, cfgPath string) {
 	}
 
 	r.step("IPsec with the second node (db-node-2, 10.99.0.11, booted alongside)")
-	vm.MustWaitFor(`^bulwark: ipsec: SAs installed peer=db-node-2 gen=1 `, 2*time.Minute)
+	vm.MustWaitFor(`^bulwark: keying: ipsec: SAs installed peer=db-node-2 gen=1 `, 2*time.Minute)
 	for _, l := range vm.Lines() {
 		if strings.Contains(l.Text, "ipsec: SAs installed") {
 			fmt.Println("  " + l.Text)
@@ -201,7 +201,7 @@ func demo(r *runner, out, cfgPath string) {
 		}
 	}
 	fmt.Printf("control plane forces an IPsec rekey: %s", p.ctl(r, ops, "robot", 0, "ipsec", "rekey"))
-	l := vm.MustWaitFor(fmt.Sprintf(`^bulwark: ipsec: SAs installed peer=db-node-2 gen=%d `, gen+1), time.Minute)
+	l := vm.MustWaitFor(fmt.Sprintf(`^bulwark: keying: ipsec: SAs installed peer=db-node-2 gen=%d `, gen+1), time.Minute)
 	fmt.Println("  " + l.Text)
 	logFile := filepath.Join(dir, "audit.log")
 	fmt.Print(p.ctl(r, ops, "alice", 0, "audit", "fetch", "-o", logFile))
