@@ -25,6 +25,7 @@ func setUpVolumes(b *boot) (string, error) {
 		return "", err
 	}
 	opts := volume.Options{Run: proc.Run, ConfigDevice: b.cfgSource.Device}
+	testVolumeOptions(&opts)
 	var lines []string
 	for _, spec := range b.cfg.Volumes {
 		v, err := volume.Setup(context.Background(), spec, opts)

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -22,7 +23,9 @@ import (
 // TestBackup: a node writes data into its encrypted volume and, on a
 // management API request, backs it up to MinIO on the test bridge; the
 // host restores it with the private key to identical bytes. A dump of the
-// node's memory holds the public key and no trace of the private key. At
+// node's memory holds the public key and no trace of the private key, and
+// the front door's and the management API's processes hold no volume key
+// and no S3 secret. At
 // power-off the node takes a final backup after its workload has stopped
 // and before its volume is erased. A node whose bucket is in another
 // region refuses it and halts.
@@ -55,8 +58,9 @@ func TestBackup(t *testing.T) {
 		key, _ := json.Marshal(string(pubPEM))
 		return []byte(fmt.Sprintf(`{"version": 1, "hostname": "db-1",
 		"network": {"interfaces": [{"name": "eth0", "addresses": ["10.99.0.10/24"]}]},
-		"firewall": {"management_sources": ["10.99.0.5"], "egress": {"backup": [{"address": "10.99.0.40", "port": 9000}]}},
+		"firewall": {"client_ports": [5432], "management_sources": ["10.99.0.5"], "egress": {"backup": [{"address": "10.99.0.40", "port": 9000}]}},
 		"tls": %s,
+		"front_door": [{"port": 5432, "protocol": "tls", "backend": "127.0.0.1:5433"}],
 		"volumes": [{"name": "data", "serial": "data0", "mount": "/var/lib/data"}],
 		"workload": {"command": ["%s/markerwriter", "-on-term", "/var/lib/data/stopped", "4", "%s", "/var/lib/data/marker"], "uid": 999, "gid": 999},
 		"backup": {"region": %q, "public_key": %s, "segment_mib": 1, "final_on_shutdown": true,
@@ -108,6 +112,43 @@ func TestBackup(t *testing.T) {
 		}
 	}
 	mem = nil
+
+	// The service processes' memory, read by the test image's PID1
+	// (hook "memscan"): the node's certificate is there (the control),
+	// the volume key, the keyslot passphrase and the S3 secret key are
+	// not, after a backup round has used the S3 credentials. PID1's own
+	// scan must find the S3 secret key, which it holds (it also finds the
+	// volume key draws: the test image's own copies, kept for the scan).
+	for _, name := range []string{"pid1", "frontdoor", "mgmt"} {
+		res, err := op.testHook("robot", name, "memscan")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var scan struct {
+			Result struct {
+				Pid      int      `json:"pid"`
+				Regions  int      `json:"regions"`
+				Bytes    int64    `json:"bytes"`
+				Control  bool     `json:"control_found"`
+				Found    []string `json:"secrets_found"`
+				Searched []string `json:"secrets_searched"`
+			} `json:"result"`
+		}
+		if err := json.Unmarshal([]byte(res), &scan); err != nil {
+			t.Fatalf("memscan %s: %v\n%s", name, err, res)
+		}
+		r := scan.Result
+		t.Logf("memscan %s: pid %d, %d regions, %d bytes; control found %v; searched %q; found %q", name, r.Pid, r.Regions, r.Bytes, r.Control, r.Searched, r.Found)
+		if !r.Control || len(r.Searched) != 5 {
+			t.Errorf("memscan %s does not find the node's certificate, or did not search for the 2 volume draws and the S3 secret: %+v", name, r)
+		}
+		switch {
+		case name == "pid1" && !slices.Contains(r.Found, "S3 secret key"):
+			t.Errorf("memscan does not find the S3 secret key in PID1, which holds it: %+v", r)
+		case name != "pid1" && len(r.Found) != 0:
+			t.Errorf("the %s process's memory holds: %q", name, r.Found)
+		}
+	}
 
 	// The host restores with the private key, from the test bridge.
 	t.Setenv("AWS_ACCESS_KEY_ID", miniotest.AccessKey)
