@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -38,7 +40,8 @@ func startIPsec(b *boot) (string, error) {
 	for _, p := range s.Peers {
 		addrs = append(addrs, netip.MustParseAddr(p.Address))
 	}
-	x, err := ipsec.NewXFRM(self, addrs)
+	port := b.cfg.Firewall.EffectiveKeyingPort()
+	x, err := ipsec.NewXFRM(self, port, addrs)
 	if err != nil {
 		return "", err
 	}
@@ -46,9 +49,8 @@ func startIPsec(b *boot) (string, error) {
 	// requiring ESP stay until power-off. (Teardown steps run last
 	// registered first: the keying process stops before this.)
 	b.onShutdownWithin("remove IPsec SAs", 5*time.Second, true, func(context.Context) error { x.RemoveSAs(); return nil })
-	port := b.cfg.Firewall.EffectiveKeyingPort()
 	svc := &service{
-		name: "keying", uid: keyingUID, gid: keyingUID, secrets: true,
+		name: "keying", uid: keyingUID, gid: keyingUID, secretOps: []string{ksvc.OpInbound, ksvc.OpOutbound},
 		handlers: b.keyingHandlers(x, self, port),
 		files: func() ([]*os.File, error) {
 			ln, err := ipsec.Listen(self, port)
@@ -79,6 +81,11 @@ func startIPsec(b *boot) (string, error) {
 // checks SPIs, keys and generations against what it installed.
 func (b *boot) keyingHandlers(x *ipsec.XFRM, self netip.Addr, port int) map[string]control.Handler {
 	s := b.cfg.IPsec
+	// One boot id per boot: a restarted keying process is not a reboot
+	// to the peers.
+	id := make([]byte, 8)
+	rand.Read(id)
+	bootID := hex.EncodeToString(id)
 	sa := func(raw json.RawMessage) (ksvc.SA, netip.Addr, error) {
 		var a ksvc.SA
 		if err := control.Decode(raw, &a); err != nil {
@@ -101,7 +108,7 @@ func (b *boot) keyingHandlers(x *ipsec.XFRM, self netip.Addr, port int) map[stri
 		ksvc.OpConfig: func(context.Context, json.RawMessage, []*os.File) (any, []*os.File, error) {
 			t := b.cfg.TLS
 			c := ksvc.Config{Self: self.String(), Port: port, CAPEM: []byte(t.CA), CertPEM: []byte(t.Certificate),
-				KeyPEM: []byte(t.Key), Revoked: t.RevokedSerials, RekeySeconds: s.RekeySeconds, GraceSeconds: s.GraceSeconds}
+				KeyPEM: []byte(t.Key), Revoked: t.RevokedSerials, RekeySeconds: s.RekeySeconds, GraceSeconds: s.GraceSeconds, Boot: bootID}
 			for _, p := range s.Peers {
 				c.Peers = append(c.Peers, ksvc.Peer{Name: p.Name, Address: p.Address, Generations: x.Generations(netip.MustParseAddr(p.Address))})
 			}

@@ -37,8 +37,9 @@ type service struct {
 	files func() ([]*os.File, error)
 	// handlers are the operations the service may ask PID1 for.
 	handlers map[string]control.Handler
-	// secrets: some of them carry key material (control.CallSecret).
-	secrets bool
+	// secretOps are those whose requests carry key material
+	// (control.CallSecret).
+	secretOps []string
 
 	ready chan struct{} // closed at the first control.OpReady
 	stop  chan struct{}
@@ -205,7 +206,7 @@ func (b *boot) startService(s *service) (*proc.Process, error) {
 		pr.Close()
 	})
 	peer, err := control.New(mine, control.Options{
-		Name: s.name, Want: control.Creds{Pid: int32(p.Pid()), UID: s.uid}, Handlers: s.handlers, Secrets: s.secrets,
+		Name: s.name, Want: control.Creds{Pid: int32(p.Pid()), UID: s.uid}, Handlers: s.handlers, SecretOps: s.secretOps,
 		OnReject: s.rejects.limited(func(reason string) {
 			b.log.Warn(reason)
 			b.audit.Append(audit.KindBoot, "service "+s.name, "", reason, "refused")

@@ -47,6 +47,7 @@ func TestGuestVolumeInterop(t *testing.T) {
 		"guesttest: PASS volume.test",
 		"--- PASS: TestGuestXfrmState",
 		"--- PASS: TestGuestInstallStateMatchesLibrary",
+		"--- PASS: TestGuestXFRMChecks",
 		"guesttest: PASS ipsec.test",
 	} {
 		if !strings.Contains(console, want) {

@@ -20,6 +20,7 @@ import (
 	"os"
 	"sync"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -68,12 +69,13 @@ type Creds struct {
 
 // Peer is one end of a control connection.
 type Peer struct {
-	fd       int
-	name     string
-	want     Creds
-	handlers map[string]Handler
-	onReject func(reason string)
-	secrets  bool
+	fd        int
+	name      string
+	want      Creds
+	handlers  map[string]Handler
+	onReject  func(reason string)
+	secrets   bool
+	secretOps map[string]bool
 
 	wmu      sync.Mutex
 	mu       sync.Mutex
@@ -107,11 +109,12 @@ type Options struct {
 	// OnReject hears every message dropped as malformed or from the
 	// wrong sender (PID1 logs and audits them).
 	OnReject func(reason string)
-	// Secrets makes this end accept requests that carry key material
-	// (CallSecret): it receives into locked memory, hands the material
-	// to the handler in a locked buffer (SecretFrom) and zeroes both.
-	// Without it a datagram with key material is refused as malformed.
-	Secrets bool
+	// SecretOps are the operations whose requests may carry key
+	// material (CallSecret). With any, this end receives into locked
+	// memory, hands the material to the handler in a locked buffer
+	// (SecretFrom) and zeroes both. Key material on any other message is
+	// refused (as malformed JSON where there are none).
+	SecretOps []string
 }
 
 // New makes a Peer on f (one end of Pair), which it takes over.
@@ -131,7 +134,25 @@ func New(f *os.File, o Options) (*Peer, error) {
 	if o.OnReject == nil {
 		o.OnReject = func(string) {}
 	}
-	return &Peer{fd: fd, name: o.Name, want: o.Want, handlers: o.Handlers, onReject: o.OnReject, secrets: o.Secrets,
+	if o.Want != (Creds{}) {
+		// PID1's end never waits long on a service that does not read
+		// its replies: a send that cannot complete within sendTimeout
+		// ends the connection (and so the service, which PID1
+		// restarts), instead of holding PID1's goroutines.
+		tv := unix.NsecToTimeval(sendTimeout.Nanoseconds())
+		if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_SNDTIMEO, &tv); err != nil {
+			unix.Close(fd)
+			return nil, fmt.Errorf("control: SO_SNDTIMEO: %w", err)
+		}
+	}
+	var secretOps map[string]bool
+	for _, op := range o.SecretOps {
+		if secretOps == nil {
+			secretOps = map[string]bool{}
+		}
+		secretOps[op] = true
+	}
+	return &Peer{fd: fd, name: o.Name, want: o.Want, handlers: o.Handlers, onReject: o.OnReject, secrets: secretOps != nil, secretOps: secretOps,
 		pending: map[uint64]chan reply{}, inflight: make(chan struct{}, MaxInFlight), done: make(chan struct{})}, nil
 }
 
@@ -189,13 +210,21 @@ func (p *Peer) Serve(ctx context.Context) error {
 		if n == 0 && oobn == 0 {
 			return nil // the other end closed
 		}
+		// A refused datagram may carry key material: zero it.
+		wipe := func() {
+			if p.secrets {
+				clear(buf[:min(n, len(buf))])
+			}
+		}
 		fds, creds, cerr := parseOOB(oob[:oobn])
 		if cerr != nil || flags&(unix.MSG_TRUNC|unix.MSG_CTRUNC) != 0 || n > MaxMessage {
+			wipe()
 			closeAll(fds)
 			p.onReject(fmt.Sprintf("control %s: a message of %d bytes, flags %#x, control data %v: refused", p.name, n, flags, cerr))
 			continue
 		}
 		if p.want != (Creds{}) && (creds == nil || creds.Pid != p.want.Pid || creds.Uid != p.want.UID) {
+			wipe()
 			closeAll(fds)
 			p.onReject(fmt.Sprintf("control %s: a message from %s, not from pid %d uid %d: dropped", p.name, credString(creds), p.want.Pid, p.want.UID))
 			continue
@@ -207,7 +236,7 @@ func (p *Peer) Serve(ctx context.Context) error {
 			p.onReject(fmt.Sprintf("control %s: %v", p.name, err))
 			continue
 		}
-		if sec != nil && (m.Reply || p.handlers[m.Op] == nil) {
+		if sec != nil && (m.Reply || p.handlers[m.Op] == nil || !p.secretOps[m.Op]) {
 			sec.Destroy()
 			closeAll(fds)
 			p.onReject(fmt.Sprintf("control %s: key material on a message that takes none: refused", p.name))
@@ -253,7 +282,7 @@ func (p *Peer) Serve(ctx context.Context) error {
 	}
 }
 
-// decodeMessage decodes one datagram. With Secrets set, the JSON may be
+// decodeMessage decodes one datagram. With SecretOps set, the JSON may be
 // followed by a NUL byte and key material (a NUL never appears in JSON
 // text); the material is moved into a locked buffer and the datagram's
 // bytes are zeroed.
@@ -283,7 +312,9 @@ func (p *Peer) decodeMessage(b []byte, m *message) (*secret.Buf, error) {
 type secretKey struct{}
 
 // SecretFrom is the key material a request carried (nil if none), for
-// the handler serving it; the buffer is zeroed when the handler returns.
+// the handler serving it. The buffer is zeroed and unmapped when the
+// handler returns: a handler must copy what it keeps (into a locked
+// buffer of its own), never keep the slice, which would then fault.
 func SecretFrom(ctx context.Context) *secret.Buf {
 	b, _ := ctx.Value(secretKey{}).(*secret.Buf)
 	return b
@@ -395,7 +426,7 @@ func (p *Peer) call(ctx context.Context, op string, args any, fds []*os.File, ma
 // CallSecret is Call with key material attached: it travels after the
 // JSON in the same datagram, is built in locked memory and zeroed once
 // sent, and reaches the handler only through SecretFrom. The other end
-// must have been made with Options.Secrets.
+// must list op in Options.SecretOps.
 func (p *Peer) CallSecret(ctx context.Context, op string, args any, material []byte, result any) error {
 	if len(material) == 0 || len(material) > MaxSecret {
 		return fmt.Errorf("control: %s: %d bytes of key material, want 1 to %d", op, len(material), MaxSecret)
@@ -449,9 +480,16 @@ func (p *Peer) sendWith(m message, fds []*os.File, material []byte) error {
 		if errors.Is(err, unix.EINTR) {
 			continue
 		}
+		if errors.Is(err, unix.EAGAIN) && p.want != (Creds{}) {
+			p.onReject(fmt.Sprintf("control %s: the service has not read for %s: connection closed", p.name, sendTimeout))
+			p.Close()
+		}
 		return err
 	}
 }
+
+// sendTimeout bounds a send at PID1's end (see Options.Want).
+const sendTimeout = 5 * time.Second
 
 func parseOOB(oob []byte) (fds []*os.File, creds *unix.Ucred, err error) {
 	if len(oob) == 0 {

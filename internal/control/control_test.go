@@ -230,7 +230,8 @@ func TestKeyMaterial(t *testing.T) {
 	var rmu sync.Mutex
 	onReject := func(r string) { rmu.Lock(); rejects = append(rejects, r); rmu.Unlock() }
 	self := Creds{Pid: int32(os.Getpid()), UID: uint32(os.Getuid())}
-	pid1, svc := pair(t, Options{Name: "svc", Want: self, Handlers: handlers, Secrets: true, OnReject: onReject},
+	handlers["plain"] = func(context.Context, json.RawMessage, []*os.File) (any, []*os.File, error) { return nil, nil, nil }
+	pid1, svc := pair(t, Options{Name: "svc", Want: self, Handlers: handlers, SecretOps: []string{"key"}, OnReject: onReject},
 		Options{Name: "pid1", Handlers: handlers, OnReject: onReject})
 	ctx := context.Background()
 	key := []byte("0123456789abcdef0123456789abcdef\x00\x01\x02\x03")
@@ -246,24 +247,66 @@ func TestKeyMaterial(t *testing.T) {
 	if SecretFrom(ctx) != nil {
 		t.Fatal("SecretFrom outside a handler")
 	}
-	// Without a request handler for it, or to an end without Secrets.
+	// Without a request handler for it, to an operation not listed, or
+	// to an end without SecretOps.
 	if err := svc.CallSecret(ctx, "nothing", nil, key, nil); err == nil {
 		t.Error("key material to an unknown operation was accepted")
 	}
-	// An end without Secrets drops the datagram as malformed: no reply.
+	if err := svc.CallSecret(ctx, "plain", nil, key, nil); err == nil {
+		t.Error("key material to an operation not in SecretOps was accepted")
+	}
+	// An end without SecretOps drops the datagram as malformed: no reply.
 	short, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
 	defer cancel()
 	if err := pid1.CallSecret(short, "key", nil, key, nil); !errors.Is(err, context.DeadlineExceeded) {
-		t.Errorf("an end without Secrets: %v, want no answer", err)
+		t.Errorf("an end without SecretOps: %v, want no answer", err)
 	}
 	rmu.Lock()
-	if len(rejects) != 2 {
-		t.Errorf("refusals recorded: %q, want 2", rejects)
+	if len(rejects) != 3 {
+		t.Errorf("refusals recorded: %q, want 3", rejects)
 	}
 	rmu.Unlock()
 	for _, bad := range [][]byte{nil, make([]byte, MaxSecret+1)} {
 		if err := svc.CallSecret(ctx, "key", nil, bad, nil); err == nil || !strings.Contains(err.Error(), "key material") {
 			t.Errorf("%d bytes of key material: %v", len(bad), err)
 		}
+	}
+}
+
+// TestSendTimeoutClosesPID1End: a service that stops reading cannot hold
+// PID1's goroutines: once PID1's end cannot send for sendTimeout, it
+// closes the connection (which ends the service) and says so.
+func TestSendTimeoutClosesPID1End(t *testing.T) {
+	a, b, err := Pair()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close() // the service's end: never read
+	var mu sync.Mutex
+	var rejects []string
+	self := Creds{Pid: int32(os.Getpid()), UID: uint32(os.Getuid())}
+	pid1, err := New(a, Options{Name: "svc", Want: self, OnReject: func(r string) { mu.Lock(); rejects = append(rejects, r); mu.Unlock() }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go pid1.Serve(context.Background())
+	defer pid1.Close()
+	big := echoArgs{Text: strings.Repeat("x", MaxMessage-100)}
+	for i := 0; i < 64; i++ {
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			pid1.Call(ctx, "echo", big, nil)
+		}()
+	}
+	select {
+	case <-pid1.Done():
+	case <-time.After(sendTimeout + 10*time.Second):
+		t.Fatal("PID1's end still waits on a service that does not read")
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(rejects) == 0 || !strings.Contains(strings.Join(rejects, "\n"), "has not read for") {
+		t.Errorf("refusals: %q; want the closed connection said", rejects)
 	}
 }

@@ -121,10 +121,10 @@ func TestGuestXFRMChecks(t *testing.T) {
 		t.Fatal("guest tests run only inside the guest test image (see qemu-tests)")
 	}
 	self, peer, stranger := netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("192.0.2.2"), netip.MustParseAddr("192.0.2.9")
-	if _, err := NewXFRM(self, []netip.Addr{peer, peer}); err == nil {
+	if _, err := NewXFRM(self, 7443, []netip.Addr{peer, peer}); err == nil {
 		t.Fatal("a duplicate peer was accepted")
 	}
-	x, err := NewXFRM(self, []netip.Addr{peer})
+	x, err := NewXFRM(self, 7443, []netip.Addr{peer})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -69,6 +69,7 @@ const (
 // against the peers and the generations it knows.
 type XFRM struct {
 	self  netip.Addr
+	port  int // the keying port: the keying sockets' bypass covers it alone
 	mu    sync.Mutex
 	peers map[netip.Addr]*xfrmPeer
 	order []netip.Addr
@@ -82,9 +83,13 @@ type xfrmPeer struct {
 
 // NewXFRM installs, for each peer, the policies that require ESP both
 // ways: from then on the kernel drops plaintext between this node and
-// its peers. Only the keying sockets (Listen, Dial) bypass them.
-func NewXFRM(self netip.Addr, peers []netip.Addr) (*XFRM, error) {
-	x := &XFRM{self: self, peers: map[netip.Addr]*xfrmPeer{}}
+// its peers. Only the keying sockets (Listen, Dial, Socket) bypass them,
+// for the keying connection on port alone.
+func NewXFRM(self netip.Addr, port int, peers []netip.Addr) (*XFRM, error) {
+	if port < 1 || port > 65535 {
+		return nil, fmt.Errorf("ipsec: keying port %d", port)
+	}
+	x := &XFRM{self: self, port: port, peers: map[netip.Addr]*xfrmPeer{}}
 	for i, p := range peers {
 		if _, dup := x.peers[p]; dup || p == self || p.Is4() != self.Is4() {
 			x.RemovePolicies()
@@ -121,10 +126,13 @@ func (x *XFRM) AllocSPI(peer netip.Addr) (uint32, error) {
 	if err != nil {
 		return 0, err
 	}
-	// The kernel drops an unused reservation by itself (it is a larval
-	// state that expires); past the limit the oldest is forgotten here.
+	// Each reservation is a larval state in the kernel, which expires by
+	// itself; past the limit the oldest is deleted at once, so that a
+	// keying process asking again and again holds at most
+	// maxPendingSPIs of them per peer.
 	p.pending = append(p.pending, spi)
 	if len(p.pending) > maxPendingSPIs {
+		deleteState(peer, x.self, p.pending[0])
 		p.pending = p.pending[1:]
 	}
 	return spi, nil
@@ -313,7 +321,10 @@ func (x *XFRM) Dial(ctx context.Context, peer netip.Addr, port int) (net.Conn, e
 	if _, err := x.peer(peer); err != nil {
 		return nil, err
 	}
-	d := &net.Dialer{Timeout: 10 * time.Second, LocalAddr: &net.TCPAddr{IP: x.self.AsSlice()}, Control: bypassSocket}
+	if port != x.port {
+		return nil, fmt.Errorf("ipsec: port %d is not the keying port", port)
+	}
+	d := &net.Dialer{Timeout: 10 * time.Second, LocalAddr: &net.TCPAddr{IP: x.self.AsSlice()}, Control: bypassDial(peer, x.port)}
 	return d.DialContext(ctx, "tcp", net.JoinHostPort(peer.String(), fmt.Sprint(port)))
 }
 
@@ -337,7 +348,12 @@ func (x *XFRM) Socket(peer netip.Addr) (*os.File, error) {
 	f := os.NewFile(uintptr(fd), "keying")
 	rc, err := f.SyscallConn()
 	if err == nil {
-		err = bypassSocket(network, "", rc)
+		err = setBypass(network, rc, peer, x.port)
+	}
+	if err == nil {
+		// The port is chosen at connect, not reserved at bind: sockets
+		// the keying process asks for and never connects hold none.
+		err = unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_BIND_ADDRESS_NO_PORT, 1)
 	}
 	if err == nil {
 		err = unix.Bind(fd, sa)
@@ -352,7 +368,7 @@ func (x *XFRM) Socket(peer netip.Addr) (*os.File, error) {
 // Listen makes the keying listener, with the bypass: the connections it
 // accepts inherit it.
 func Listen(self netip.Addr, port int) (*net.TCPListener, error) {
-	lc := net.ListenConfig{Control: bypassSocket}
+	lc := net.ListenConfig{Control: bypassListen(port)}
 	ln, err := lc.Listen(context.Background(), "tcp", net.JoinHostPort(self.String(), fmt.Sprint(port)))
 	if err != nil {
 		return nil, fmt.Errorf("ipsec: keying port: %w", err)

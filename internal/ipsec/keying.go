@@ -22,6 +22,9 @@ type message struct {
 	Gen  uint64 `json:"gen,omitempty"`  // the key generation
 	SPI  uint32 `json:"spi,omitempty"`  // the SPI the sender allocated for its inbound SA
 	Err  string `json:"err,omitempty"`
+	// Force (in a request): a new generation even though the sender's
+	// boot has SAs with the receiver (it lost its half of them).
+	Force bool `json:"force,omitempty"`
 }
 
 type wire struct {

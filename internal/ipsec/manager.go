@@ -60,6 +60,11 @@ type Options struct {
 	// Resume are the generations already installed with each peer (a
 	// keying process restarted): keying goes on from them.
 	Resume map[netip.Addr][]Generation
+	// Boot is this node's boot id in the keying protocol; empty: one is
+	// drawn. PID1 gives the keying process the same one at each start,
+	// so that a restart of the process is not a reboot to the peers
+	// (which retire a rebooted peer's generations at once).
+	Boot string
 }
 
 // Peer is another node: the name its certificate must carry and its
@@ -79,7 +84,17 @@ type peerState struct {
 	rekeys   int
 	lastBoot string
 	kick     chan struct{} // a forced rekey
-	want     chan string   // a request from the peer, with its boot id
+	want     chan want     // a request from the peer
+	// force: a new generation is due now (a generation the previous
+	// keying process left half-installed was deleted).
+	force bool
+}
+
+// want is a peer's request for a new generation: its boot id, and
+// whether it needs one even though its boot has SAs with us.
+type want struct {
+	boot  string
+	force bool
 }
 
 // Manager runs the keying for all peers.
@@ -108,9 +123,13 @@ func Start(o Options) (*Manager, error) {
 	if o.Grace == 0 {
 		o.Grace = DefaultGrace
 	}
-	b := make([]byte, 8)
-	rand.Read(b)
-	m := &Manager{o: o, boot: hex.EncodeToString(b), done: make(chan struct{})}
+	boot := o.Boot
+	if boot == "" {
+		b := make([]byte, 8)
+		rand.Read(b)
+		boot = hex.EncodeToString(b)
+	}
+	m := &Manager{o: o, boot: boot, done: make(chan struct{})}
 	m.lastRefusal.Store(time.Time{})
 	pool := x509.NewCertPool()
 	pool.AddCert(o.CA)
@@ -127,14 +146,14 @@ func Start(o Options) (*Manager, error) {
 		for _, p := range o.Peers {
 			addrs = append(addrs, p.Addr)
 		}
-		x, err := NewXFRM(o.Self, addrs)
+		x, err := NewXFRM(o.Self, o.KeyingPort, addrs)
 		if err != nil {
 			return nil, err
 		}
 		m.k, m.xfrm = x, x
 	}
 	for _, p := range o.Peers {
-		ps := &peerState{Peer: p, state: "connecting", kick: make(chan struct{}, 1), want: make(chan string, 1)}
+		ps := &peerState{Peer: p, state: "connecting", kick: make(chan struct{}, 1), want: make(chan want, 1)}
 		m.resume(ps, o.Resume[p.Addr])
 		m.peers = append(m.peers, ps)
 	}
@@ -157,12 +176,14 @@ func Start(o Options) (*Manager, error) {
 
 // resume takes over the generations a previous keying process left with
 // the peer: the current one, and those still in their grace period. One
-// whose outbound SA never came is deleted.
+// whose outbound SA never came is deleted, and a new generation is due at
+// once: the peer may already send under it.
 func (m *Manager) resume(p *peerState, gens []Generation) {
 	for _, g := range gens {
 		switch {
 		case g.OutSPI == 0:
 			m.k.Delete(p.Addr, g.InSPI)
+			p.force = true
 		case g.Current:
 			g := g
 			p.cur = &g
@@ -248,16 +269,21 @@ func (m *Manager) run(p *peerState) {
 	backoff := time.Second
 	for {
 		p.mu.Lock()
-		cur := p.cur
+		cur, force := p.cur, p.force
 		p.mu.Unlock()
-		due := cur == nil || time.Since(cur.Installed) >= m.o.Rekey || m.overVolume(p, cur)
+		due := cur == nil || force || time.Since(cur.Installed) >= m.o.Rekey || m.overVolume(p, cur)
 		wait := 5 * time.Second
 		if due {
 			var err error
 			if m.initiates(p) {
 				err = m.initiate(p)
-			} else if cur == nil {
-				err = m.request(p)
+			} else if cur == nil || force {
+				err = m.request(p, force)
+			}
+			if err == nil && force {
+				p.mu.Lock()
+				p.force = false
+				p.mu.Unlock()
 			}
 			if err != nil {
 				p.mu.Lock()
@@ -283,15 +309,16 @@ func (m *Manager) run(p *peerState) {
 					m.o.Log.Warn("ipsec: forced rekey failed", "peer", p.Name, "err", err)
 				}
 			} else {
-				m.request(p)
+				m.request(p, false)
 			}
-		case boot := <-p.want:
-			// Only if the peer's current boot has no SAs with us yet:
-			// a request can cross a generation already under way.
+		case w := <-p.want:
+			// Only if the peer's current boot has no SAs with us yet
+			// (a request can cross a generation already under way), or
+			// the peer says it lost its half of the current one.
 			p.mu.Lock()
-			current := p.cur != nil && p.cur.PeerBoot == boot
+			current := p.cur != nil && p.cur.PeerBoot == w.boot
 			p.mu.Unlock()
-			if !current && m.initiates(p) {
+			if (!current || w.force) && m.initiates(p) {
 				if err := m.initiate(p); err != nil {
 					m.o.Log.Warn("ipsec: keying on request failed", "peer", p.Name, "err", err)
 				}
@@ -368,15 +395,16 @@ func (m *Manager) verifyPeer(p *peerState) func(tls.ConnectionState) error {
 	}
 }
 
-// request asks an initiating peer for a new generation.
-func (m *Manager) request(p *peerState) error {
+// request asks an initiating peer for a new generation; force asks for
+// one even though this boot has SAs with it.
+func (m *Manager) request(p *peerState, force bool) error {
 	c, err := m.dial(p)
 	if err != nil {
 		return err
 	}
 	defer c.Close()
 	deadline(c)
-	return newWire(c).send(message{Type: "request", Boot: m.boot})
+	return newWire(c).send(message{Type: "request", Boot: m.boot, Force: force})
 }
 
 // initiate runs one generation as the initiator.
@@ -577,7 +605,7 @@ func (m *Manager) serve(raw net.Conn) {
 	case "request":
 		if m.initiates(p) {
 			select {
-			case p.want <- msg.Boot:
+			case p.want <- want{boot: msg.Boot, force: msg.Force}:
 			default:
 			}
 		}

@@ -62,7 +62,7 @@ func loopsOnly(t *testing.T) (m *Manager, logs *syncBuf, stop func()) {
 		done: make(chan struct{}), ln: ln, tls: &tls.Config{}, k: unreachable{},
 	}
 	m.peers = []*peerState{{Peer: Peer{Name: "peer.test", Addr: netip.MustParseAddr("127.0.0.2")},
-		state: "connecting", kick: make(chan struct{}, 1), want: make(chan string, 1)}}
+		state: "connecting", kick: make(chan struct{}, 1), want: make(chan want, 1)}}
 	m.startLoops()
 	var once sync.Once
 	stop = func() {

@@ -1,7 +1,9 @@
 package ipsec
 
 import (
+	"encoding/binary"
 	"fmt"
+	"net/netip"
 	"syscall"
 
 	"github.com/vishvananda/netlink"
@@ -21,10 +23,33 @@ import (
 // listener's policy is copied to the connections it accepts, and to the
 // SYN-ACKs it answers with.
 
-// bypassSocket sets an allow-without-transform policy, in and out, on the
-// socket c. It is a net.ListenConfig / net.Dialer Control function, so the
-// policy is in place before the first packet.
-func bypassSocket(network, _ string, c syscall.RawConn) error {
+// The socket policy's selector is the keying connection itself (TCP, the
+// keying port, and for a dialer the peer's address): a socket PID1 made
+// for the keying process and that the process connected elsewhere, or
+// any packet of it that is not the keying connection's, does not match,
+// and the kernel then applies the SPD (ESP required) as for any socket.
+
+// bypassListen is a net.ListenConfig Control function that puts the
+// bypass on the keying listener: TCP from and to the local keying port.
+// The connections it accepts inherit it.
+func bypassListen(port int) func(string, string, syscall.RawConn) error {
+	return func(network, _ string, c syscall.RawConn) error {
+		return setBypass(network, c, netip.Addr{}, port)
+	}
+}
+
+// bypassDial is the same for a socket that connects to peer's keying
+// port.
+func bypassDial(peer netip.Addr, port int) func(string, string, syscall.RawConn) error {
+	return func(network, _ string, c syscall.RawConn) error {
+		return setBypass(network, c, peer, port)
+	}
+}
+
+// setBypass sets the allow-without-transform policies, in and out, on the
+// socket c, before its first packet. peer is the remote address for a
+// dialing socket, invalid for the listener.
+func setBypass(network string, c syscall.RawConn, peer netip.Addr, port int) error {
 	level, opt, family := unix.IPPROTO_IP, unix.IP_XFRM_POLICY, uint16(unix.AF_INET)
 	if network == "tcp6" {
 		level, opt, family = unix.IPPROTO_IPV6, unix.IPV6_XFRM_POLICY, unix.AF_INET6
@@ -32,7 +57,7 @@ func bypassSocket(network, _ string, c syscall.RawConn) error {
 	var serr error
 	err := c.Control(func(fd uintptr) {
 		for _, dir := range []uint8{uint8(netlink.XFRM_DIR_IN), uint8(netlink.XFRM_DIR_OUT)} {
-			p := bypassPolicy(family, dir)
+			p := bypassPolicy(keyingSelector(family, dir, peer, port), dir)
 			// The kernel reads the struct as it is laid out in memory;
 			// Serialize gives exactly those bytes.
 			if serr = unix.SetsockoptString(int(fd), level, opt, string(p.Serialize())); serr != nil {
@@ -47,12 +72,40 @@ func bypassSocket(network, _ string, c syscall.RawConn) error {
 	return serr
 }
 
-// bypassPolicy is a socket policy that matches every packet of the socket
-// (an empty selector of the family) and allows it with no template, that
-// is without ESP.
-func bypassPolicy(family uint16, dir uint8) *nl.XfrmUserpolicyInfo {
-	p := &nl.XfrmUserpolicyInfo{Dir: dir, Action: uint8(netlink.XFRM_POLICY_ALLOW), Priority: prioBypass}
-	p.Sel.Family = family
+// keyingSelector matches the keying connection's packets in direction
+// dir: TCP, the local keying port for the listener's connections, the
+// peer's address and keying port for a dialer's.
+func keyingSelector(family uint16, dir uint8, peer netip.Addr, port int) nl.XfrmSelector {
+	sel := nl.XfrmSelector{Family: family, Proto: unix.IPPROTO_TCP}
+	out := dir == uint8(netlink.XFRM_DIR_OUT)
+	switch {
+	case !peer.IsValid() && out: // listener: from its port
+		sel.Sport, sel.SportMask = be16(port), 0xffff
+	case !peer.IsValid(): // listener: to its port
+		sel.Dport, sel.DportMask = be16(port), 0xffff
+	case out: // dialer: to the peer's keying port
+		sel.Daddr.FromIP(peer.AsSlice())
+		sel.PrefixlenD = uint8(peer.BitLen())
+		sel.Dport, sel.DportMask = be16(port), 0xffff
+	default: // dialer: from the peer's keying port
+		sel.Saddr.FromIP(peer.AsSlice())
+		sel.PrefixlenS = uint8(peer.BitLen())
+		sel.Sport, sel.SportMask = be16(port), 0xffff
+	}
+	return sel
+}
+
+// be16 is port as the kernel's __be16 field holds it in memory.
+func be16(port int) uint16 {
+	var b [2]byte
+	binary.BigEndian.PutUint16(b[:], uint16(port))
+	return binary.NativeEndian.Uint16(b[:])
+}
+
+// bypassPolicy is a socket policy that allows what sel matches with no
+// template, that is without ESP.
+func bypassPolicy(sel nl.XfrmSelector, dir uint8) *nl.XfrmUserpolicyInfo {
+	p := &nl.XfrmUserpolicyInfo{Sel: sel, Dir: dir, Action: uint8(netlink.XFRM_POLICY_ALLOW), Priority: prioBypass}
 	p.Lft.SoftByteLimit = nl.XFRM_INF
 	p.Lft.HardByteLimit = nl.XFRM_INF
 	p.Lft.SoftPacketLimit = nl.XFRM_INF

@@ -15,14 +15,17 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
 
 // Two network namespaces joined by a veth pair, each with the SPD of a
 // node whose peer is the other (ESP required both ways, no SAs yet): the
-// keying sockets (bypassSocket on the listener and the dialer) connect and
-// exchange data in plaintext; nothing else does, whatever its ports.
+// keying sockets (bypassListen on the listener, bypassDial on the dialer)
+// connect and exchange data in plaintext; nothing else does, whatever its
+// ports, not even a keying socket connected to another port of the peer
+// (the socket the keying process gets from PID1 is not yet connected).
 func TestKeyingSocketBypass(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Fatal("needs root (network namespaces); make test runs it as root")
@@ -76,11 +79,15 @@ func TestKeyingSocketBypass(t *testing.T) {
 	var keyLn, plainLn net.Listener
 	if err := in(a, func() error {
 		var err error
-		lc := net.ListenConfig{Control: bypassSocket}
+		lc := net.ListenConfig{Control: bypassListen(7443)}
 		if keyLn, err = lc.Listen(context.Background(), "tcp", "10.88.0.1:7443"); err != nil {
 			return err
 		}
-		plainLn, err = net.Listen("tcp", "10.88.0.1:5433")
+		// Port 5433 accepts plaintext on a's side (a socket policy with
+		// an empty selector, as the keying sockets had before): only
+		// what b lets out decides.
+		open := net.ListenConfig{Control: bypassAll}
+		plainLn, err = open.Listen(context.Background(), "tcp", "10.88.0.1:5433")
 		return err
 	}); err != nil {
 		t.Fatal(err)
@@ -106,7 +113,7 @@ func TestKeyingSocketBypass(t *testing.T) {
 			d.Control = func(network, address string, c syscall.RawConn) error {
 				c.Control(func(fd uintptr) { unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEADDR, 1) })
 				if bypass {
-					return bypassSocket(network, address, c)
+					return bypassDial(addrA, 7443)(network, address, c)
 				}
 				return nil
 			}
@@ -134,7 +141,7 @@ func TestKeyingSocketBypass(t *testing.T) {
 		what    string
 	}{
 		{"10.88.0.1:5433", 7443, false, "from source port 7443 to the peer port"},
-		{"10.88.0.1:5433", 0, true, "a bypassing socket to a port without one"},
+		{"10.88.0.1:5433", 0, true, "a keying socket for the peer's keying port, connected to another of its ports"},
 		{"10.88.0.1:7443", 0, false, "an ordinary socket to the keying port"},
 	} {
 		if err := echo(c.to, c.srcPort, c.bypass); err == nil {
@@ -150,7 +157,11 @@ func TestKeyingSocketBypass(t *testing.T) {
 			return err
 		}
 		for _, p := range ps {
-			if len(p.Tmpls) == 0 && (p.SrcPort == 7443 || p.DstPort == 7443) {
+			// (The kernel lists the sockets' own policies too, as
+			// "socket in/out"; those are the bypass, on the keying
+			// sockets alone.)
+			sock := p.Dir == netlink.XFRM_SOCKET_IN || p.Dir == netlink.XFRM_SOCKET_OUT
+			if !sock && len(p.Tmpls) == 0 && (p.SrcPort == 7443 || p.DstPort == 7443) {
 				t.Errorf("an SPD bypass of the keying port: %+v", p)
 			}
 		}
@@ -158,4 +169,23 @@ func TestKeyingSocketBypass(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// bypassAll is the keying sockets' old policy, an empty selector: the
+// whole socket bypasses ESP, whatever it connects to.
+func bypassAll(network, _ string, c syscall.RawConn) error {
+	level, opt, family := unix.IPPROTO_IP, unix.IP_XFRM_POLICY, uint16(unix.AF_INET)
+	if network == "tcp6" {
+		level, opt, family = unix.IPPROTO_IPV6, unix.IPV6_XFRM_POLICY, unix.AF_INET6
+	}
+	var serr error
+	c.Control(func(fd uintptr) {
+		for _, dir := range []uint8{uint8(netlink.XFRM_DIR_IN), uint8(netlink.XFRM_DIR_OUT)} {
+			p := bypassPolicy(nl.XfrmSelector{Family: family}, dir)
+			if err := unix.SetsockoptString(int(fd), level, opt, string(p.Serialize())); err != nil {
+				serr = err
+			}
+		}
+	})
+	return serr
 }

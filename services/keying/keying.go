@@ -49,6 +49,9 @@ type Config struct {
 	Revoked      []string `json:"revoked,omitempty"`
 	RekeySeconds int      `json:"rekey_seconds,omitempty"`
 	GraceSeconds int      `json:"grace_seconds,omitempty"`
+	// Boot is this node's boot id for the keying protocol, the same for
+	// every keying process of one boot.
+	Boot string `json:"boot"`
 }
 
 // Operations on the control socket.
@@ -167,7 +170,7 @@ func options(c Config) (ipsec.Options, error) {
 	}
 	o = ipsec.Options{Self: self, KeyingPort: c.Port, CA: ca, Cert: cert, Revoked: c.Revoked,
 		Rekey: time.Duration(c.RekeySeconds) * time.Second, Grace: time.Duration(c.GraceSeconds) * time.Second,
-		Resume: map[netip.Addr][]ipsec.Generation{}}
+		Resume: map[netip.Addr][]ipsec.Generation{}, Boot: c.Boot}
 	for _, p := range c.Peers {
 		a, err := netip.ParseAddr(p.Address)
 		if err != nil {
