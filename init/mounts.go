@@ -3,6 +3,8 @@ package main
 import (
 	"fmt"
 	"os"
+	"strconv"
+	"strings"
 
 	"golang.org/x/sys/unix"
 )
@@ -37,9 +39,27 @@ func mountPseudoFilesystems(b *boot) (string, error) {
 	// the log must hold all of them.
 	_ = os.WriteFile("/proc/sys/kernel/printk_devkmsg", []byte("on\n"), 0)
 	if k, err := os.OpenFile("/dev/kmsg", os.O_WRONLY, 0); err == nil {
-		b.logh.SetKmsg(k)
+		b.logh.SetKmsg(k, consoleLogLevel())
 	} else {
 		b.log.Warn("no kernel log", "err", err)
 	}
 	return "/proc /sys /dev /run", nil
+}
+
+// consoleLogLevel is the kernel's console log level, 4 (what "quiet"
+// sets) when it cannot be read.
+func consoleLogLevel() int {
+	b, err := os.ReadFile("/proc/sys/kernel/printk")
+	if err != nil {
+		return 4
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return 4
+	}
+	n, err := strconv.Atoi(f[0])
+	if err != nil {
+		return 4
+	}
+	return n
 }

@@ -36,7 +36,12 @@ type Handler struct {
 	mu      *sync.Mutex
 	console io.Writer
 	kmsg    *io.Writer // set once /dev/kmsg is available
-	level   slog.Leveler
+	// kmsgFloor is the most urgent severity the kmsg copy is written
+	// at: the console's log level, so that the kernel never prints the
+	// copy on the console too (where it would appear twice, and cut
+	// into the init's own line). The severity stays in the text.
+	kmsgFloor *int
+	level     slog.Leveler
 	attrs   []slog.Attr
 	group   string
 }
@@ -44,14 +49,20 @@ type Handler struct {
 // New returns a handler writing to console; SetKmsg adds the kernel log.
 func New(console io.Writer, level slog.Leveler) *Handler {
 	var k io.Writer
-	return &Handler{mu: new(sync.Mutex), console: console, kmsg: &k, level: level}
+	floor := 0
+	return &Handler{mu: new(sync.Mutex), console: console, kmsg: &k, kmsgFloor: &floor, level: level}
 }
 
-// SetKmsg starts copying records to the kernel log.
-func (h *Handler) SetKmsg(w io.Writer) {
+// SetKmsg starts copying records to the kernel log. consoleLevel is the
+// kernel's console log level (the first field of
+// /proc/sys/kernel/printk): the kernel prints a record on the console
+// when its severity number is below it, so every copy is written at
+// that severity or a lesser one.
+func (h *Handler) SetKmsg(w io.Writer, consoleLevel int) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	*h.kmsg = w
+	*h.kmsgFloor = min(max(consoleLevel, 0), 7)
 }
 
 // Enabled implements slog.Handler.
@@ -110,25 +121,27 @@ func (h *Handler) Handle(_ context.Context, r slog.Record) error {
 	_, err := fmt.Fprintf(h.console, "%s%s\n", Prefix, line.Bytes())
 	if k := *h.kmsg; k != nil {
 		// One write is one kernel log record; its priority is the prefix.
-		fmt.Fprintf(k, "<%d>%s%s\n", priority(r.Level), Prefix, line.Bytes())
+		fmt.Fprintf(k, "<%d>%s%s\n", priority(r.Level, *h.kmsgFloor), Prefix, line.Bytes())
 	}
 	return err
 }
 
-// priority maps slog levels to syslog severities (facility user).
-func priority(l slog.Level) int {
+// priority maps slog levels to syslog severities (facility user), none
+// more urgent than floor.
+func priority(l slog.Level, floor int) int {
 	const user = 1 << 3
+	sev := 7
 	switch {
 	case l >= LevelFatal:
-		return user | 2 // crit
+		sev = 2 // crit
 	case l >= slog.LevelError:
-		return user | 3
+		sev = 3
 	case l >= slog.LevelWarn:
-		return user | 4
+		sev = 4
 	case l >= slog.LevelInfo:
-		return user | 6
+		sev = 6
 	}
-	return user | 7
+	return user | max(sev, floor)
 }
 
 // escape returns s with every rune that is neither printable nor the

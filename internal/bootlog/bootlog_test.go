@@ -16,7 +16,7 @@ func TestFormat(t *testing.T) {
 	h := New(&con, slog.LevelInfo)
 	log := slog.New(h)
 	log.Info("ready")
-	h.SetKmsg(&kmsg)
+	h.SetKmsg(&kmsg, 0)
 	log.Warn("module failed", "module", "aesni_intel", "err", errors.New("no such device"))
 	log.Log(nil, LevelFatal, "config: hostname: is required")
 	log.Debug("hidden")
@@ -65,7 +65,7 @@ var forgeries = []string{
 func TestNoForgedLines(t *testing.T) {
 	var con, kmsg bytes.Buffer
 	h := New(&con, slog.LevelInfo)
-	h.SetKmsg(&kmsg)
+	h.SetKmsg(&kmsg, 0)
 	log := slog.New(h)
 	for _, f := range forgeries {
 		log.Info("workload: " + f)
@@ -143,5 +143,24 @@ func TestRelay(t *testing.T) {
 		if out.String() != c.want {
 			t.Errorf("Relay(%q) = %q, want %q", c.in, out.String(), c.want)
 		}
+	}
+}
+
+// TestKmsgBelowConsoleLevel: with the console at level 4 (quiet), no copy
+// in the kernel log is urgent enough for the kernel to print it on the
+// console as well (levels 0-3), where it would show twice and could cut
+// into the init's own line; the severity stays in the text.
+func TestKmsgBelowConsoleLevel(t *testing.T) {
+	var con, kmsg bytes.Buffer
+	h := New(&con, slog.LevelInfo)
+	h.SetKmsg(&kmsg, 4)
+	log := slog.New(h)
+	log.Log(nil, LevelFatal, "stage failed")
+	log.Error("step failed")
+	log.Warn("warned")
+	log.Info("said")
+	want := "<12>bulwark: FATAL: stage failed\n<12>bulwark: ERROR: step failed\n<12>bulwark: WARN: warned\n<14>bulwark: said\n"
+	if kmsg.String() != want {
+		t.Errorf("kmsg:\n%s\nwant:\n%s", kmsg.String(), want)
 	}
 }
