@@ -42,8 +42,8 @@ type Handler struct {
 	// into the init's own line). The severity stays in the text.
 	kmsgFloor *int
 	level     slog.Leveler
-	attrs   []slog.Attr
-	group   string
+	attrs     []slog.Attr
+	group     string
 }
 
 // New returns a handler writing to console; SetKmsg adds the kernel log.
