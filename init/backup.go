@@ -2,11 +2,9 @@ package main
 
 import (
 	"context"
-	"crypto/rsa"
-	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -21,18 +19,26 @@ import (
 	"github.com/bulwarkvm/bulwark/internal/backup"
 	"github.com/bulwarkvm/bulwark/internal/bootlog"
 	"github.com/bulwarkvm/bulwark/internal/config"
+	"github.com/bulwarkvm/bulwark/internal/control"
 	"github.com/bulwarkvm/bulwark/internal/mgmt"
-	"github.com/bulwarkvm/bulwark/internal/objstore"
-	"github.com/bulwarkvm/bulwark/internal/pki"
 	"github.com/bulwarkvm/bulwark/internal/proc"
 	"github.com/bulwarkvm/bulwark/internal/safego"
+	bsvc "github.com/bulwarkvm/bulwark/services/backup"
 )
 
-// startBackups sets up the backup encryptor: the service's public key (the
-// private key never enters the node), the object store, which must be in
-// the node's region, a staging directory on the first data volume, and the
-// schedule. A bucket in another region is fatal; a store that cannot be
-// reached yet is a warning, and every run tries again.
+// The backup process: uid and gid of its own, and CAP_DAC_READ_SEARCH to
+// read the workload's files (Landlock keeps it to the sources).
+const backupUID = 61004
+
+// startBackups sets up the backup encryptor as a process of its own
+// (services/backup): it holds the service's public key (the private key
+// never enters the node) and the object-store credentials, and reaches the
+// store, which must be in the node's region. PID1 keeps what needs root:
+// the staging directory on the first data volume (the process's own),
+// starting command sources as the workload's user, removing spool files,
+// the audit records, the schedule and the final round at shutdown. A
+// bucket in another region is fatal; a store that cannot be reached yet is
+// a warning, and every run tries again.
 func startBackups(b *boot) (string, error) {
 	s := b.cfg.Backup
 	if s == nil {
@@ -50,35 +56,60 @@ func startBackups(b *boot) (string, error) {
 	if err := os.MkdirAll(staging, 0o700); err != nil {
 		return "", fmt.Errorf("backup: staging directory: %w", err)
 	}
-	r := &backups{b: b, cfg: s, pub: pub, staging: staging}
+	if err := os.Chown(staging, backupUID, backupUID); err != nil {
+		return "", fmt.Errorf("backup: staging directory: %w", err)
+	}
+	if d := s.Store.Dir; d != "" {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return "", fmt.Errorf("backup: store directory: %w", err)
+		}
+		if err := os.Chown(d, backupUID, backupUID); err != nil {
+			return "", fmt.Errorf("backup: store directory: %w", err)
+		}
+	}
+	r := &backups{b: b, cfg: s, staging: staging, cmds: map[uint64]*commandStream{}}
 	r.ctx, r.cancel = context.WithCancel(context.Background())
+	svc := &service{name: "backup", uid: backupUID, gid: backupUID, caps: []uintptr{unix.CAP_DAC_READ_SEARCH},
+		handlers: r.handlers()}
+	if err := b.supervise(svc, 30*time.Second); err != nil {
+		return "", fmt.Errorf("backup: %w", err)
+	}
+	r.svc = svc
 	b.backups = r
+	b.services = append(b.services, svc)
 	detail := fmt.Sprintf("%d sources, key %s…, region %s", len(s.Sources), keyID.String()[:16], s.Region)
-	ctx, cancel := context.WithTimeout(r.ctx, 20*time.Second)
-	st, err := r.store(ctx)
+	ctx, cancel := context.WithTimeout(r.ctx, 25*time.Second)
+	var chk bsvc.Check
+	err = svc.call(ctx, bsvc.OpCheck, nil, &chk)
 	cancel()
-	var re *objstore.RegionError
+	var warn bool
 	switch {
-	case errors.As(err, &re):
-		return "", err
 	case err != nil:
-		b.log.Warn("backup store not reachable yet; each run tries again", "err", err)
+		return "", fmt.Errorf("backup: the backup process: %w", err)
+	case chk.RegionError != "":
+		return "", errors.New(chk.RegionError)
+	case chk.Unreachable != "":
+		b.log.Warn("backup store not reachable yet; each run tries again", "err", chk.Unreachable)
 		detail += "; store not reachable yet"
+		warn = true
 	default:
-		detail += "; " + st.String()
+		detail += "; " + chk.Detail
 	}
 	if s.IntervalSeconds > 0 {
 		every := time.Duration(s.IntervalSeconds) * time.Second
 		detail += fmt.Sprintf(", every %s", every)
+		stopped := r.ctx.Done() // the node's: the final round's context is another
 		b.goSafe("backup schedule", func() {
 			t := time.NewTicker(every)
 			defer t.Stop()
 			for {
 				select {
-				case <-r.ctx.Done():
+				case <-stopped:
 					return
 				case <-t.C:
-					r.start("schedule")
+					if err := r.start("schedule"); err != nil {
+						b.log.Warn("backup: scheduled round not started", "err", err)
+					}
 				}
 			}
 		})
@@ -88,142 +119,189 @@ func startBackups(b *boot) (string, error) {
 	if s.FinalOnShutdown {
 		// The volumes stage registered "close audit log" after the
 		// volumes' erasure; the final round runs just before it, after
-		// the workload has stopped and the scheduled rounds with it.
+		// the workload has stopped and the scheduled rounds with it,
+		// and the backup process stops after it (steps run last
+		// inserted first).
 		if err := b.onShutdownBefore("close audit log", "final backup", finalBackupTimeout, r.final); err != nil {
 			return "", fmt.Errorf("backup: %w", err)
 		}
 		detail += ", a final round at shutdown"
 	}
-	// A running round ends with its context: its command gets SIGTERM,
-	// and SIGKILL after commandStopGrace.
+	if err := b.onShutdownBefore("close audit log", "stop service backup", 5*time.Second, svc.stopService); err != nil {
+		return "", fmt.Errorf("backup: %w", err)
+	}
+	// A running round ends: the process cancels it, and its command gets
+	// SIGTERM, and SIGKILL after commandStopGrace.
 	b.onShutdownWithin("stop backups", commandStopGrace+5*time.Second, false, func(ctx context.Context) error {
-		r.cancel()
+		r.mu.Lock()
+		stop := r.cancel
+		r.mu.Unlock()
+		stop()
+		cerr := svc.call(ctx, bsvc.OpCancel, nil, nil)
 		idle := make(chan struct{})
 		safego.Go("stop backups wait", func() { r.wg.Wait(); close(idle) })
 		select {
 		case <-idle:
 		case <-ctx.Done():
-			return fmt.Errorf("a backup round was still running: %w", errCutShort)
+			return fmt.Errorf("a backup command was still running: %w", errCutShort)
 		}
 		if r.killed.Load() {
 			return fmt.Errorf("a backup command ignored SIGTERM and was killed: %w", errCutShort)
 		}
+		if cerr != nil {
+			return fmt.Errorf("the backup process did not end its round: %v: %w", cerr, errCutShort)
+		}
 		return nil
 	})
-	if err != nil {
+	b.notes = append(b.notes, svc.status().summary())
+	if warn {
 		return "", warning{detail}
 	}
 	return detail, nil
 }
 
-// backups runs backup rounds, one at a time.
+// backups is PID1's side of the backup process.
 type backups struct {
 	b       *boot
 	cfg     *config.Backup
-	pub     *rsa.PublicKey
 	staging string
-	ctx     context.Context
+	svc     *service
+	ctx     context.Context // ends at the teardown: commands end with it
 	cancel  context.CancelFunc
-	wg      sync.WaitGroup
+	wg      sync.WaitGroup // running commands
 
 	// killed is set when a command had to be killed at a round's end.
 	killed atomic.Bool
 
-	mu      sync.Mutex
-	st      objstore.Store
-	running bool
-	last    []string // the last round's results, one line per source
-	lastAt  time.Time
+	mu   sync.Mutex
+	next uint64
+	cmds map[uint64]*commandStream // started for the process, until their exit is read
 }
 
-// store returns the object store, connecting (and checking the region)
-// the first time it succeeds. The lock is not held while connecting, so
-// status and requests are answered meanwhile; only rounds connect, one at
-// a time, besides the boot's first try.
-func (r *backups) store(ctx context.Context) (objstore.Store, error) {
-	r.mu.Lock()
-	st := r.st
-	r.mu.Unlock()
-	if st != nil {
-		return st, nil
-	}
-	var err error
-	if d := r.cfg.Store.Dir; d != "" {
-		if err := os.MkdirAll(d, 0o700); err != nil {
-			return nil, err
+// Bounds on what the backup process may ask for.
+const (
+	maxBackupCommands = 4
+	maxBackupText     = 4096
+)
+
+// handlers are the operations the backup process may ask PID1 for; every
+// argument is untrusted.
+func (r *backups) handlers() map[string]control.Handler {
+	var spools []string
+	for _, s := range r.cfg.Sources {
+		if s.Kind == "spool" {
+			spools = append(spools, s.Path)
 		}
-		st, err = objstore.NewDir(d)
-	} else {
-		c := r.cfg.Store.S3
-		var roots *x509.CertPool
-		if c.CA != "" {
-			if roots, err = pki.ParsePool([]byte(c.CA)); err != nil {
-				return nil, err // validated with the config; not reached
+	}
+	return map[string]control.Handler{
+		bsvc.OpConfig: func(context.Context, json.RawMessage, []*os.File) (any, []*os.File, error) {
+			return bsvc.Config{Node: r.b.cfg.Hostname, Staging: r.staging, Backup: *r.cfg}, nil, nil
+		},
+		bsvc.OpAudit: func(_ context.Context, raw json.RawMessage, _ []*os.File) (any, []*os.File, error) {
+			var a bsvc.Audit
+			if err := control.Decode(raw, &a); err != nil {
+				return nil, nil, err
 			}
-		}
-		st, err = objstore.NewS3(ctx, objstore.S3Options{
-			Endpoint: c.Endpoint, AllowHTTP: c.AllowHTTP, Bucket: c.Bucket, Prefix: c.Prefix,
-			Region: r.cfg.Region, AccessKey: c.AccessKey, SecretKey: c.SecretKey, RootCAs: roots,
-		})
+			if a.Result != "ok" && a.Result != "failed" {
+				return nil, nil, fmt.Errorf("result %q: want ok or failed", a.Result)
+			}
+			if len(a.Why) > 64 || len(a.What) > maxBackupText {
+				return nil, nil, fmt.Errorf("a record of %d and %d bytes: at most 64 and %d", len(a.Why), len(a.What), maxBackupText)
+			}
+			_, err := r.b.audit.Append(audit.KindBackup, a.Why, "", a.What, a.Result)
+			return nil, nil, err
+		},
+		bsvc.OpCommand: func(_ context.Context, raw json.RawMessage, _ []*os.File) (any, []*os.File, error) {
+			var a bsvc.Command
+			if err := control.Decode(raw, &a); err != nil {
+				return nil, nil, err
+			}
+			if a.Source < 0 || a.Source >= len(r.cfg.Sources) || r.cfg.Sources[a.Source].Kind != "command" {
+				return nil, nil, fmt.Errorf("source %d is not a command source", a.Source)
+			}
+			r.mu.Lock()
+			n, ctx := len(r.cmds), r.ctx
+			r.mu.Unlock()
+			if n >= maxBackupCommands {
+				return nil, nil, fmt.Errorf("%d backup commands are running already", n)
+			}
+			out, cs, err := r.command(ctx, r.cfg.Sources[a.Source].Command)
+			if err != nil {
+				return nil, nil, err
+			}
+			r.mu.Lock()
+			r.next++
+			h := r.next
+			r.cmds[h] = cs
+			r.mu.Unlock()
+			return bsvc.Command{Handle: h}, []*os.File{out}, nil
+		},
+		bsvc.OpExit: func(ctx context.Context, raw json.RawMessage, _ []*os.File) (any, []*os.File, error) {
+			var a bsvc.Command
+			if err := control.Decode(raw, &a); err != nil {
+				return nil, nil, err
+			}
+			r.mu.Lock()
+			cs := r.cmds[a.Handle]
+			r.mu.Unlock()
+			if cs == nil {
+				return nil, nil, fmt.Errorf("no command with handle %d", a.Handle)
+			}
+			// Bounded: a command that neither exits nor is stopped must
+			// not hold one of the process's requests for ever.
+			select {
+			case <-cs.p.Done():
+			case <-ctx.Done():
+				return nil, nil, ctx.Err()
+			case <-time.After(3 * time.Minute):
+				return nil, nil, fmt.Errorf("command %s has not exited", cs.name)
+			}
+			r.mu.Lock()
+			delete(r.cmds, a.Handle)
+			r.mu.Unlock()
+			var e bsvc.Exit
+			if err := cs.exitErr(); err != nil {
+				e.Err = err.Error()
+			}
+			return e, nil, nil
+		},
+		bsvc.OpRemove: func(_ context.Context, raw json.RawMessage, _ []*os.File) (any, []*os.File, error) {
+			var a bsvc.Remove
+			if err := control.Decode(raw, &a); err != nil {
+				return nil, nil, err
+			}
+			return nil, nil, backup.RemoveSpoolFile(spools, a.Dir, a.Name)
+		},
 	}
-	if err != nil {
-		return nil, err
-	}
+}
+
+// start asks the backup process for a round in the background.
+func (r *backups) start(why string) error {
 	r.mu.Lock()
-	r.st = st
+	rctx := r.ctx
 	r.mu.Unlock()
-	return st, nil
+	if rctx.Err() != nil {
+		return errors.New("the node is shutting down")
+	}
+	ctx, cancel := context.WithTimeout(rctx, 10*time.Second)
+	defer cancel()
+	err := r.svc.call(ctx, bsvc.OpStart, bsvc.Round{Why: why}, nil)
+	var re *control.RemoteError
+	if errors.As(err, &re) && re.Msg == bsvc.ErrRunning {
+		return errBackupRunning
+	}
+	return err
 }
 
 var errBackupRunning = errors.New("a backup is already running")
-
-// start begins a round in the background unless one is running.
-func (r *backups) start(why string) error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.running {
-		return errBackupRunning
-	}
-	if r.ctx.Err() != nil {
-		return errors.New("the node is shutting down")
-	}
-	r.running = true
-	r.wg.Add(1)
-	// The round reads what the bucket (and whoever is on the path to it)
-	// sends: a panic in it is a failed round, reported and audited, never
-	// the node's shutdown.
-	safego.Go("backup", func() {
-		defer r.wg.Done()
-		lines, _ := r.safeRound(r.ctx, why)
-		r.mu.Lock()
-		r.running, r.last, r.lastAt = false, lines, time.Now()
-		r.mu.Unlock()
-	})
-	return nil
-}
-
-// testHookRound, when set (tests), runs at the start of every round.
-var testHookRound func()
-
-// safeRound is round with a panic turned into a failed round.
-func (r *backups) safeRound(ctx context.Context, why string) (lines []string, failed int) {
-	err := safego.Call("backup round", func() error {
-		lines, failed = r.round(ctx, why)
-		return nil
-	})
-	if err != nil {
-		line := "round: " + err.Error()
-		r.b.log.Error("backup round failed", "err", err)
-		r.b.audit.Append(audit.KindBackup, why, "", line, "failed")
-		return append(lines, line), len(r.cfg.Sources)
-	}
-	return lines, failed
-}
 
 // finalBackupTimeout bounds the final round within the teardown's limit,
 // so that the steps after it (closing the audit log, erasing the volumes)
 // keep their time.
 const finalBackupTimeout = 30 * time.Second
+
+// finalAnswerMargin is the part of it left for the round's answer.
+const finalAnswerMargin = 3 * time.Second
 
 // final is the teardown step of a final round: the workload has stopped,
 // so its files are at rest, and the volumes are not erased yet. A source
@@ -232,97 +310,45 @@ const finalBackupTimeout = 30 * time.Second
 func (r *backups) final(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, finalBackupTimeout)
 	defer cancel()
-	lines, failed := r.safeRound(ctx, "shutdown")
-	if failed > 0 {
-		return fmt.Errorf("%d of %d sources not backed up: %s", failed, len(r.cfg.Sources), strings.Join(lines, "; "))
+	// The teardown canceled r.ctx ("stop backups"); the final round's
+	// commands get a context of their own.
+	rctx, rcancel := context.WithCancel(ctx)
+	defer rcancel()
+	r.mu.Lock()
+	r.ctx, r.cancel = rctx, rcancel
+	r.mu.Unlock()
+	var res bsvc.Result
+	// The round itself ends a few seconds before the step's share, so
+	// that its answer, with what failed, arrives in time.
+	round := bsvc.Round{Why: "shutdown", Seconds: int((finalBackupTimeout - finalAnswerMargin) / time.Second)}
+	if err := r.svc.call(ctx, bsvc.OpRound, round, &res); err != nil {
+		return fmt.Errorf("the final round: %w", err)
+	}
+	if res.Failed > 0 {
+		return fmt.Errorf("%d of %d sources not backed up: %s", res.Failed, len(r.cfg.Sources), strings.Join(res.Lines, "; "))
 	}
 	return nil
 }
 
-// round backs up every source in order; a failed source does not stop the
-// others. It returns one line per source and how many failed.
-func (r *backups) round(ctx context.Context, why string) (lines []string, failed int) {
-	if testHookRound != nil {
-		testHookRound()
-	}
-	r.b.log.Info("backup round started", "why", why)
-	st, err := r.store(ctx)
-	if err != nil {
-		line := "store: " + err.Error()
-		r.b.log.Error("backup round failed", "err", err)
-		r.b.audit.Append(audit.KindBackup, why, "", line, "failed")
-		return []string{line}, len(r.cfg.Sources)
-	}
-	o := backup.Options{
-		Public: r.pub, Store: st, Node: r.b.cfg.Hostname, Region: r.cfg.Region,
-		SegmentSize: int64(r.cfg.EffectiveSegmentMiB()) << 20, Staging: r.staging,
-	}
-	for _, src := range r.cfg.Sources {
-		start := time.Now()
-		what, err := r.source(ctx, src, o)
-		result := "ok"
-		if err != nil {
-			result = "failed"
-			failed++
-			what = fmt.Sprintf("%s %s: %v", src.Kind, src.Path+strings.Join(src.Command, " "), err)
-			r.b.log.Error("backup failed", "source", src.Kind, "err", err)
-		} else {
-			what = fmt.Sprintf("%s in %s", what, time.Since(start).Round(time.Millisecond))
-			r.b.log.Info("backup " + what)
-		}
-		r.b.audit.Append(audit.KindBackup, why, "", what, result)
-		lines = append(lines, what)
-	}
-	if n, err := backup.Prune(ctx, st, r.b.cfg.Hostname, ""); err == nil && n > 0 {
-		r.b.log.Info(fmt.Sprintf("backup: removed %d objects of incomplete backups", n))
-	}
-	return lines, failed
-}
-
-func (r *backups) source(ctx context.Context, src config.BackupSource, o backup.Options) (string, error) {
-	var in io.ReadCloser
-	switch src.Kind {
-	case "spool":
-		res, err := backup.UploadSpool(ctx, src.Path, o)
-		what := fmt.Sprintf("spool %s: %d files stored, %d left", src.Path, len(res.Uploaded), len(res.Left))
-		return what, err
-	case "tree":
-		o.Source = backup.Source{Kind: "tree", Name: src.Path}
-		// The node's own directory (staging, the audit log) is never
-		// part of a backup of the volume it lies on.
-		in = backup.Tree(src.Path, filepath.Dir(r.staging))
-	default:
-		o.Source = backup.Source{Kind: "command", Name: strings.Join(src.Command, " ")}
-		var err error
-		if in, err = r.command(ctx, src.Command); err != nil {
-			return "", err
-		}
-	}
-	defer in.Close()
-	m, err := backup.Write(ctx, in, o)
-	if err != nil {
-		return "", err
-	}
-	return describe(m), nil
-}
-
-// command starts a command source as the workload's user; its standard
-// output goes into the backup, its standard error to the console through
-// the init's log, prefixed "backup command: " and escaped like the
-// workload's output, so that it cannot print lines of the init's (it runs
-// as the workload's user and reads the workload's data). If the backup
-// stops early, closing the stream closes the pipe, and the command ends on
-// its next write.
-func (r *backups) command(ctx context.Context, argv []string) (io.ReadCloser, error) {
+// command starts a command source as the workload's user for the backup
+// process, which gets the returned read end of its standard output. Its
+// standard error goes to the console through the init's log, prefixed
+// "backup command: " and escaped like the workload's output, so that it
+// cannot print lines of the init's (it runs as the workload's user and
+// reads the workload's data). The end of ctx (the teardown, the final
+// round's bound) ends the command: SIGTERM, and SIGKILL after a grace,
+// with everything it started (its session is its process group). A
+// command whose reader is gone ends on its next write.
+func (r *backups) command(ctx context.Context, argv []string) (*os.File, *commandStream, error) {
 	pr, pw, err := os.Pipe()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	epr, epw, err := os.Pipe()
 	if err != nil {
 		pr.Close()
 		pw.Close()
-		return nil, err
+		return nil, nil, err
 	}
 	w := r.b.cfg.Workload
 	p, err := proc.Start(proc.Spec{Argv: argv, UID: uint32(w.UID), GID: uint32(w.GID), Dir: "/", Stdout: pw, Stderr: epw})
@@ -331,23 +357,18 @@ func (r *backups) command(ctx context.Context, argv []string) (io.ReadCloser, er
 	if err != nil {
 		pr.Close()
 		epr.Close()
-		return nil, err
+		return nil, nil, err
 	}
+	r.wg.Add(1)
 	r.b.goSafe("backup command stderr", func() {
 		if err := bootlog.CopyLines(epr, bootlog.MaxLine, func(s string) { r.b.log.Info("backup command: " + s) }); err != nil {
 			r.b.log.Warn("backup command: reading its standard error: " + err.Error())
 		}
 		epr.Close()
 	})
-	// The round's end (its context: the teardown's share, the final
-	// round's bound) ends the command too, and so does closing the stream
-	// early; a command that ignores SIGTERM is killed after a grace, with
-	// everything it started (its session is its process group).
-	stopped := make(chan struct{})
 	var once sync.Once
 	stop := func() {
 		once.Do(func() {
-			defer close(stopped)
 			signalGroup(p, syscall.SIGTERM)
 			select {
 			case <-p.Done():
@@ -359,41 +380,35 @@ func (r *backups) command(ctx context.Context, argv []string) (io.ReadCloser, er
 		})
 	}
 	r.b.goSafe("backup command watch", func() {
+		defer r.wg.Done()
 		select {
 		case <-ctx.Done():
 			stop()
 		case <-p.Done():
 		}
-	})
-	return &commandStream{ReadCloser: backup.Checked(pr, func() error {
 		<-p.Done()
-		if st := p.Status(); st.Signaled() || st.ExitStatus() != 0 {
-			return fmt.Errorf("%s: exit status %d (signal %d)", argv[0], st.ExitStatus(), st.Signal())
-		}
-		return nil
-	}), p: p, stop: stop}, nil
+	})
+	return pr, &commandStream{p: p, stop: stop, name: argv[0]}, nil
 }
 
 // commandStopGrace is how long a backup command gets between SIGTERM and
 // SIGKILL when its round ends early.
 const commandStopGrace = 5 * time.Second
 
-// commandStream is a command source's output. Closing it before the
-// command has exited stops the command, so that the close never waits on
-// a command that neither writes nor exits.
+// commandStream is a command source PID1 started for the backup process.
 type commandStream struct {
-	io.ReadCloser
 	p    *proc.Process
 	stop func()
+	name string
 }
 
-func (c *commandStream) Close() error {
-	select {
-	case <-c.p.Done():
-	default:
-		safego.Go("backup command stop", c.stop)
+// exitErr is how the command ended, once it has: nil for exit status 0.
+func (c *commandStream) exitErr() error {
+	<-c.p.Done()
+	if st := c.p.Status(); st.Signaled() || st.ExitStatus() != 0 {
+		return fmt.Errorf("%s: exit status %d (signal %d)", c.name, st.ExitStatus(), st.Signal())
 	}
-	return c.ReadCloser.Close()
+	return nil
 }
 
 // signalGroup signals the process group a child leads (proc.Start puts
@@ -402,10 +417,6 @@ func signalGroup(p *proc.Process, sig syscall.Signal) {
 	if err := unix.Kill(-p.Pid(), sig); err != nil {
 		p.Signal(sig) // the leader alone, if the group is gone
 	}
-}
-
-func describe(m *backup.Manifest) string {
-	return fmt.Sprintf("%s %s complete: %s %s, %d bytes, %d segments", m.BackupID, m.Region, m.Source.Kind, m.Source.Name, m.PlaintextBytes, len(m.Segments))
 }
 
 // Backup starts a round now (POST /v1/backup).
@@ -422,22 +433,18 @@ func (b *boot) Backup() error {
 	return nil
 }
 
-// backupStatus is the status line for backups.
+// backupStatus is the status line for backups, as the backup process
+// gives it.
 func (b *boot) backupStatus() string {
 	r := b.backups
 	if r == nil {
 		return "not configured"
 	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	var s strings.Builder
-	if r.running {
-		s.WriteString("running; ")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	var st string
+	if err := r.svc.call(ctx, bsvc.OpStatus, nil, &st); err != nil {
+		return "no answer from the backup process: " + err.Error()
 	}
-	if r.lastAt.IsZero() {
-		s.WriteString("no round yet")
-	} else {
-		fmt.Fprintf(&s, "last round %s: %s", r.lastAt.UTC().Format(time.RFC3339), strings.Join(r.last, "; "))
-	}
-	return s.String()
+	return st
 }

@@ -143,7 +143,7 @@ func TestBackupCommandStderr(t *testing.T) {
 	b := &boot{log: slog.New(bootlog.New(&con, slog.LevelInfo)), cfg: &config.Config{Workload: &config.Workload{UID: 65534, GID: 65534}}}
 	r := &backups{b: b}
 	script := `printf 'starting\nbulwark: audit seq=9 kind=request what=forged\r\033[2Kbulwark: ready\n' >&2; echo data; head -c 200000 /dev/zero | tr '\0' x >&2`
-	in, err := r.command(context.Background(), []string{"/bin/sh", "-c", script})
+	in, cs, err := r.command(context.Background(), []string{"/bin/sh", "-c", script})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -151,7 +151,8 @@ func TestBackupCommandStderr(t *testing.T) {
 	if err != nil {
 		t.Fatalf("reading the command's output: %v", err)
 	}
-	if err := in.Close(); err != nil {
+	in.Close()
+	if err := cs.exitErr(); err != nil {
 		t.Fatalf("the command: %v", err)
 	}
 	os.Stdout = saved

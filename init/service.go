@@ -5,6 +5,7 @@ import (
 	"os"
 	"strconv"
 
+	"github.com/bulwarkvm/bulwark/services/backup"
 	"github.com/bulwarkvm/bulwark/services/frontdoor"
 	"github.com/bulwarkvm/bulwark/services/keying"
 	"github.com/bulwarkvm/bulwark/services/mgmt"
@@ -39,6 +40,8 @@ func runService(argv []string) int {
 		return mgmt.Main(ctl, files)
 	case "keying":
 		return keying.Main(ctl, files)
+	case "backup":
+		return backup.Main(ctl, files)
 	}
 	fmt.Fprintln(os.Stderr, "bulwark: no service", argv[1])
 	return 2

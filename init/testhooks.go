@@ -101,8 +101,9 @@ type MemScan struct {
 
 // memScan reads every readable mapping of process pid through
 // /proc/<pid>/mem (PID1 may: it has CAP_SYS_PTRACE) and searches it for
-// the halves of each volume key and passphrase, the S3 secret key, and
-// the node's certificate as the control.
+// the halves of each volume key and passphrase, the S3 secret key, a line
+// of the node's TLS key in PEM, and the node's certificate as the
+// control.
 func (b *boot) memScan(pid int) (*MemScan, error) {
 	type needle struct {
 		name string
@@ -118,6 +119,11 @@ func (b *boot) memScan(pid int) (*MemScan, error) {
 	drawnMu.Unlock()
 	if bk := b.cfg.Backup; bk != nil && bk.Store.S3 != nil && bk.Store.S3.SecretKey != "" {
 		needles = append(needles, needle{"S3 secret key", []byte(bk.Store.S3.SecretKey)})
+	}
+	if t := b.cfg.TLS; t != nil {
+		if lines := strings.Split(t.Key, "\n"); len(lines) > 2 {
+			needles = append(needles, needle{"TLS key PEM line", []byte(lines[1])})
+		}
 	}
 	control := b.nodeCert.Certificate[0]
 	res := &MemScan{Pid: pid}

@@ -80,8 +80,8 @@ func TestBackup(t *testing.T) {
 	if out, code := op.run("robot", "backup", "start"); code != 0 || !strings.Contains(out, "backup started") {
 		t.Fatalf("backup start: exit %d\n%s", code, out)
 	}
-	done := vm.MustWaitFor(`^bulwark: backup ([0-9a-f]{32}) eu-north-1 complete: tree /var/lib/data, [0-9]+ bytes, [0-9]+ segments in `, 3*time.Minute)
-	id := strings.Fields(strings.TrimPrefix(done.Text, "bulwark: backup "))[0]
+	done := vm.MustWaitFor(`^bulwark: backup: backup ([0-9a-f]{32}) eu-north-1 complete: tree /var/lib/data, [0-9]+ bytes, [0-9]+ segments in `, 3*time.Minute)
+	id := strings.Fields(strings.TrimPrefix(done.Text, "bulwark: backup: backup "))[0]
 
 	// The memory of the running node: the public key is there (the
 	// control: the scan finds what is present), the private key is not,
@@ -114,12 +114,15 @@ func TestBackup(t *testing.T) {
 	mem = nil
 
 	// The service processes' memory, read by the test image's PID1
-	// (hook "memscan"): the node's certificate is there (the control),
-	// the volume key, the keyslot passphrase and the S3 secret key are
-	// not, after a backup round has used the S3 credentials. PID1's own
-	// scan must find the S3 secret key, which it holds (it also finds the
-	// volume key draws: the test image's own copies, kept for the scan).
-	for _, name := range []string{"pid1", "frontdoor", "mgmt"} {
+	// (hook "memscan"): in the front door and the management API the
+	// node's certificate is there (the control), the volume key, the
+	// keyslot passphrase and the S3 secret key are not, after a backup
+	// round has used the S3 credentials; the backup process holds the S3
+	// secret key (its control) and neither a volume key nor the TLS key.
+	// PID1's own scan must find the S3 secret key, which it holds (it
+	// also finds the volume key draws: the test image's own copies, kept
+	// for the scan).
+	for _, name := range []string{"pid1", "frontdoor", "mgmt", "backup"} {
 		res, err := op.testHook("robot", name, "memscan")
 		if err != nil {
 			t.Fatal(err)
@@ -139,14 +142,24 @@ func TestBackup(t *testing.T) {
 		}
 		r := scan.Result
 		t.Logf("memscan %s: pid %d, %d regions, %d bytes; control found %v; searched %q; found %q", name, r.Pid, r.Regions, r.Bytes, r.Control, r.Searched, r.Found)
-		if !r.Control || len(r.Searched) != 5 {
-			t.Errorf("memscan %s does not find the node's certificate, or did not search for the 2 volume draws and the S3 secret: %+v", name, r)
+		if len(r.Searched) != 6 || (name != "backup" && !r.Control) {
+			t.Errorf("memscan %s does not find the node's certificate, or did not search for the 2 volume draws, the S3 secret and the TLS key: %+v", name, r)
+		}
+		var keys []string // what it found but the S3 secret key
+		for _, f := range r.Found {
+			if f != "S3 secret key" {
+				keys = append(keys, f)
+			}
 		}
 		switch {
-		case name == "pid1" && !slices.Contains(r.Found, "S3 secret key"):
-			t.Errorf("memscan does not find the S3 secret key in PID1, which holds it: %+v", r)
-		case name != "pid1" && len(r.Found) != 0:
-			t.Errorf("the %s process's memory holds: %q", name, r.Found)
+		case (name == "pid1" || name == "backup") && !slices.Contains(r.Found, "S3 secret key"):
+			t.Errorf("memscan does not find the S3 secret key in %s, which holds it: %+v", name, r)
+		case name == "backup" && len(keys) != 0:
+			t.Errorf("the backup process's memory holds: %q", keys)
+		case name == "frontdoor" || name == "mgmt":
+			if len(keys) != 0 && !(len(keys) == 1 && keys[0] == "TLS key PEM line") || slices.Contains(r.Found, "S3 secret key") {
+				t.Errorf("the %s process's memory holds: %q", name, r.Found)
+			}
 		}
 	}
 
@@ -181,6 +194,24 @@ func TestBackup(t *testing.T) {
 	if out, _ := op.run("robot", "status"); !strings.Contains(out, "last round") || !strings.Contains(out, id) {
 		t.Errorf("status does not report the backup:\n%s", out)
 	}
+
+	// The backup process runs as its own uid with CAP_DAC_READ_SEARCH
+	// alone; killed, it comes back, and the final round below runs in the
+	// new process.
+	if res, err := op.testHook("robot", "backup", "kill"); err != nil {
+		t.Fatalf("killing the backup process: %s %v", res, err)
+	}
+	vm.MustWaitFor(`^bulwark: WARN: service backup: killed by signal killed; restarting in `, time.Minute)
+	back := regexp.MustCompile(`service backup: running, pid \d+, uid 61004, capabilities 0000000000000004, no_new_privs 1, seccomp 2, landlock [^,]+, 1 restarts`)
+	var st string
+	for t0 := time.Now(); time.Since(t0) < time.Minute; time.Sleep(time.Second) {
+		if st, _ = op.run("robot", "status"); back.MatchString(st) {
+			break
+		}
+	}
+	if !back.MatchString(st) {
+		t.Fatalf("the backup process is not back, confined as before:\n%s", st)
+	}
 	if err := vm.PowerOff(2 * time.Minute); err != nil {
 		t.Fatal(err)
 	}
@@ -192,13 +223,13 @@ func TestBackup(t *testing.T) {
 		`^bulwark: shutting down `,
 		`^bulwark: workload: stopped: wrote /var/lib/data/stopped$`,
 		`^bulwark: teardown step="stop workload"`,
-		`^bulwark: backup ([0-9a-f]{32}) eu-north-1 complete: tree /var/lib/data, `,
+		`^bulwark: backup: backup ([0-9a-f]{32}) eu-north-1 complete: tree /var/lib/data, `,
 		`^bulwark: teardown step="final backup"`,
 		`^bulwark: teardown step="crypto-erase volume data"`)
 	if err != nil {
 		t.Fatal(err)
 	}
-	final := strings.Fields(strings.TrimPrefix(steps[3], "bulwark: backup "))[0]
+	final := strings.Fields(strings.TrimPrefix(steps[3], "bulwark: backup: backup "))[0]
 	if final == id {
 		t.Fatalf("the final round reported the first backup's id %s", id)
 	}

@@ -71,6 +71,11 @@ type Options struct {
 	Staging string
 	// Progress, when set, is called with the plaintext bytes done.
 	Progress func(done int64)
+	// RemoveSpooled, when set, removes a spool file once its backup is
+	// stored, instead of UploadSpool unlinking it itself: the backup
+	// process may read the workload's files but not change them, so it
+	// asks PID1 (RemoveSpoolFile).
+	RemoveSpooled func(dir, name string) error
 }
 
 func (o *Options) check() error {

@@ -356,10 +356,52 @@ func UploadSpool(ctx context.Context, dir string, o Options) (SpoolResult, error
 			return res, fmt.Errorf("spool file %s stays for the next run: %w", name, err)
 		}
 		res.Uploaded = append(res.Uploaded, m)
+		if o.RemoveSpooled != nil {
+			if err := o.RemoveSpooled(dir, name); err != nil {
+				res.Left = names[i:]
+				return res, fmt.Errorf("removing spool file %s: %w", name, err)
+			}
+			continue
+		}
 		if err := unix.Unlinkat(int(d.Fd()), name, 0); err != nil && err != unix.ENOENT {
 			res.Left = names[i:]
 			return res, &fs.PathError{Op: "remove", Path: p, Err: err}
 		}
 	}
 	return res, nil
+}
+
+// RemoveSpoolFile removes the spool file name from dir once its backup is
+// stored: PID1's side of Options.RemoveSpooled. Both come from the backup
+// process, so they are checked: dir must be one of spools (the configured
+// spool directories), reached without a symbolic link, and name a plain
+// file name that is not in progress (no "/", not starting with "."). The
+// removal goes through the directory's descriptor, so a path swapped in
+// meanwhile cannot redirect it elsewhere.
+func RemoveSpoolFile(spools []string, dir, name string) error {
+	if !slices.Contains(spools, dir) {
+		return fmt.Errorf("backup: %q is not a configured spool directory", dir)
+	}
+	if name == "" || strings.ContainsAny(name, "/\x00") || strings.HasPrefix(name, ".") || len(name) > 255 {
+		return fmt.Errorf("backup: %q is not the name of a spool file", name)
+	}
+	d, err := openSourceDir(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	var st unix.Stat_t
+	if err := unix.Fstatat(int(d.Fd()), name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		if err == unix.ENOENT {
+			return nil
+		}
+		return &fs.PathError{Op: "stat", Path: filepath.Join(dir, name), Err: err}
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return fmt.Errorf("backup: spool entry %s is not a regular file: not removed", filepath.Join(dir, name))
+	}
+	if err := unix.Unlinkat(int(d.Fd()), name, 0); err != nil && err != unix.ENOENT {
+		return &fs.PathError{Op: "remove", Path: filepath.Join(dir, name), Err: err}
+	}
+	return nil
 }

@@ -316,3 +316,48 @@ func countLinksTo(stream []byte, targets ...string) int {
 		}
 	}
 }
+
+// TestRemoveSpoolFile: PID1 removes a spool file for the backup process
+// only in a configured spool directory, only by a plain name that is not
+// in progress, and only a regular file.
+func TestRemoveSpoolFile(t *testing.T) {
+	root := t.TempDir()
+	spool := filepath.Join(root, "spool")
+	other := filepath.Join(root, "other")
+	for _, d := range []string{spool, other} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		os.WriteFile(filepath.Join(d, "seg1"), []byte("x"), 0o644)
+	}
+	os.WriteFile(filepath.Join(spool, ".inprogress"), []byte("x"), 0o644)
+	os.Mkdir(filepath.Join(spool, "adir"), 0o755)
+	os.Symlink(filepath.Join(other, "seg1"), filepath.Join(spool, "link"))
+	os.Symlink(other, filepath.Join(root, "spool-link"))
+	spools := []string{spool, filepath.Join(root, "spool-link")}
+	for _, c := range []struct{ dir, name, want string }{
+		{other, "seg1", "not a configured spool directory"},
+		{spool, "../other/seg1", "not the name of a spool file"},
+		{spool, ".inprogress", "not the name of a spool file"},
+		{spool, "", "not the name of a spool file"},
+		{spool, "adir", "not a regular file"},
+		{spool, "link", "not a regular file"},
+		{filepath.Join(root, "spool-link"), "seg1", "backup source"}, // refused: a symbolic link (ELOOP or, with O_DIRECTORY, ENOTDIR)
+	} {
+		if err := RemoveSpoolFile(spools, c.dir, c.name); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("RemoveSpoolFile(%s, %q): %v, want an error with %q", c.dir, c.name, err, c.want)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(other, "seg1")); err != nil {
+		t.Fatalf("a file outside the spool was removed: %v", err)
+	}
+	if err := RemoveSpoolFile(spools, spool, "seg1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(spool, "seg1")); !os.IsNotExist(err) {
+		t.Fatalf("the spool file is still there: %v", err)
+	}
+	if err := RemoveSpoolFile(spools, spool, "seg1"); err != nil {
+		t.Fatalf("removing a file already gone: %v", err)
+	}
+}

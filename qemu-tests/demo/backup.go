@@ -69,9 +69,9 @@ func (p *demoPKI) showFinalBackup(r *runner, ops *harness.Client) {
 // audit log found inside it.
 func (p *demoPKI) showBackup(r *runner, vm *harness.VM, ops *harness.Client) {
 	fmt.Print(p.ctl(r, ops, "robot", 0, "backup", "start"))
-	done := vm.MustWaitFor(`^bulwark: backup [0-9a-f]{32} `+s3Region+` complete: `, 3*time.Minute)
+	done := vm.MustWaitFor(`^bulwark: backup: backup [0-9a-f]{32} `+s3Region+` complete: `, 3*time.Minute)
 	fmt.Println("  " + done.Text)
-	id := strings.Fields(strings.TrimPrefix(done.Text, "bulwark: backup "))[0]
+	id := strings.Fields(strings.TrimPrefix(done.Text, "bulwark: backup: backup "))[0]
 	store := backupStore()
 	fmt.Printf("bulwarkctl backup list:\n%s", p.ctl(r, ops, "", 0, append([]string{"backup", "list"}, store...)...))
 	key := filepath.Join(p.dir, "svc.key")
