@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -70,7 +71,7 @@ func startBackups(b *boot) (string, error) {
 	r := &backups{b: b, cfg: s, staging: staging, cmds: map[uint64]*commandStream{}}
 	r.ctx, r.cancel = context.WithCancel(context.Background())
 	svc := &service{name: "backup", uid: backupUID, gid: backupUID, caps: []uintptr{unix.CAP_DAC_READ_SEARCH},
-		handlers: r.handlers()}
+		handlers: r.handlers(), exited: r.stopCommands}
 	if err := b.supervise(svc, 30*time.Second); err != nil {
 		return "", fmt.Errorf("backup: %w", err)
 	}
@@ -137,7 +138,11 @@ func startBackups(b *boot) (string, error) {
 		stop := r.cancel
 		r.mu.Unlock()
 		stop()
+		// A process that is not running has no round to end.
 		cerr := svc.call(ctx, bsvc.OpCancel, nil, nil)
+		if errors.Is(cerr, errNotRunning) {
+			cerr = nil
+		}
 		idle := make(chan struct{})
 		safego.Go("stop backups wait", func() { r.wg.Wait(); close(idle) })
 		select {
@@ -149,7 +154,8 @@ func startBackups(b *boot) (string, error) {
 			return fmt.Errorf("a backup command ignored SIGTERM and was killed: %w", errCutShort)
 		}
 		if cerr != nil {
-			return fmt.Errorf("the backup process did not end its round: %v: %w", cerr, errCutShort)
+			// Not cut short: the final round still needs the process.
+			return fmt.Errorf("the backup process did not end its round: %v", cerr)
 		}
 		return nil
 	})
@@ -173,9 +179,10 @@ type backups struct {
 	// killed is set when a command had to be killed at a round's end.
 	killed atomic.Bool
 
-	mu   sync.Mutex
-	next uint64
-	cmds map[uint64]*commandStream // started for the process, until their exit is read
+	mu      sync.Mutex
+	next    uint64
+	cmds    map[uint64]*commandStream // started for the process, until their exit is read
+	running int                       // commands not yet exited
 }
 
 // Bounds on what the backup process may ask for.
@@ -195,7 +202,7 @@ func (r *backups) handlers() map[string]control.Handler {
 	}
 	return map[string]control.Handler{
 		bsvc.OpConfig: func(context.Context, json.RawMessage, []*os.File) (any, []*os.File, error) {
-			return bsvc.Config{Node: r.b.cfg.Hostname, Staging: r.staging, Backup: *r.cfg}, nil, nil
+			return bsvc.Config{Node: r.b.cfg.Hostname, Staging: r.staging, ReadOnly: r.sourceVolumes(), Backup: *r.cfg}, nil, nil
 		},
 		bsvc.OpAudit: func(_ context.Context, raw json.RawMessage, _ []*os.File) (any, []*os.File, error) {
 			var a bsvc.Audit
@@ -220,11 +227,8 @@ func (r *backups) handlers() map[string]control.Handler {
 				return nil, nil, fmt.Errorf("source %d is not a command source", a.Source)
 			}
 			r.mu.Lock()
-			n, ctx := len(r.cmds), r.ctx
+			ctx := r.ctx
 			r.mu.Unlock()
-			if n >= maxBackupCommands {
-				return nil, nil, fmt.Errorf("%d backup commands are running already", n)
-			}
 			out, cs, err := r.command(ctx, r.cfg.Sources[a.Source].Command)
 			if err != nil {
 				return nil, nil, err
@@ -233,6 +237,7 @@ func (r *backups) handlers() map[string]control.Handler {
 			r.next++
 			h := r.next
 			r.cmds[h] = cs
+			r.forgetExited()
 			r.mu.Unlock()
 			return bsvc.Command{Handle: h}, []*os.File{out}, nil
 		},
@@ -275,6 +280,65 @@ func (r *backups) handlers() map[string]control.Handler {
 	}
 }
 
+// sourceVolumes are the mount points of the data volumes that hold the
+// sources (the config puts every source path on one).
+func (r *backups) sourceVolumes() []string {
+	var out []string
+	for _, s := range r.cfg.Sources {
+		if s.Path == "" {
+			continue
+		}
+		best := ""
+		for _, v := range r.b.cfg.Volumes {
+			m := filepath.Clean(v.Mount)
+			if (s.Path == m || strings.HasPrefix(s.Path, m+"/")) && len(m) > len(best) {
+				best = m
+			}
+		}
+		if best != "" && !slices.Contains(out, best) {
+			out = append(out, best)
+		}
+	}
+	return out
+}
+
+// maxExited bounds the exited commands whose status waits to be read.
+const maxExited = 16
+
+// forgetExited drops the oldest exited commands past maxExited (r.mu
+// held): a process that never asks for an exit does not grow the table.
+func (r *backups) forgetExited() {
+	var exited []uint64
+	for h, c := range r.cmds {
+		select {
+		case <-c.p.Done():
+			exited = append(exited, h)
+		default:
+		}
+	}
+	if len(exited) <= maxExited {
+		return
+	}
+	slices.Sort(exited)
+	for _, h := range exited[:len(exited)-maxExited] {
+		delete(r.cmds, h)
+	}
+}
+
+// stopCommands ends the commands started for a backup process that has
+// exited: nobody reads their output any more.
+func (r *backups) stopCommands() {
+	r.mu.Lock()
+	var stops []func()
+	for _, c := range r.cmds {
+		stops = append(stops, c.stop)
+	}
+	r.mu.Unlock()
+	for _, stop := range stops {
+		safego.Go("backup command stop", stop)
+	}
+}
+
 // start asks the backup process for a round in the background.
 func (r *backups) start(why string) error {
 	r.mu.Lock()
@@ -310,6 +374,16 @@ const finalAnswerMargin = 3 * time.Second
 func (r *backups) final(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, finalBackupTimeout)
 	defer cancel()
+	// The process may be between a crash and its restart: wait for it,
+	// within the step's share.
+	if err := r.svc.waitRunning(ctx); err != nil {
+		return fmt.Errorf("the final round: %w", err)
+	}
+	deadline, _ := ctx.Deadline()
+	secs := int((time.Until(deadline) - finalAnswerMargin) / time.Second)
+	if secs < 1 {
+		return errors.New("the final round: no time left in the teardown")
+	}
 	// The teardown canceled r.ctx ("stop backups"); the final round's
 	// commands get a context of their own.
 	rctx, rcancel := context.WithCancel(ctx)
@@ -320,9 +394,14 @@ func (r *backups) final(ctx context.Context) error {
 	var res bsvc.Result
 	// The round itself ends a few seconds before the step's share, so
 	// that its answer, with what failed, arrives in time.
-	round := bsvc.Round{Why: "shutdown", Seconds: int((finalBackupTimeout - finalAnswerMargin) / time.Second)}
+	round := bsvc.Round{Why: "shutdown", Seconds: secs}
 	if err := r.svc.call(ctx, bsvc.OpRound, round, &res); err != nil {
 		return fmt.Errorf("the final round: %w", err)
+	}
+	// The answer is untrusted like any message: a clean round has one
+	// line per source.
+	if res.Failed < 0 || res.Failed > len(r.cfg.Sources) || (res.Failed == 0 && len(res.Lines) != len(r.cfg.Sources)) {
+		return fmt.Errorf("the final round: the backup process answered %d failures and %d lines for %d sources", res.Failed, len(res.Lines), len(r.cfg.Sources))
 	}
 	if res.Failed > 0 {
 		return fmt.Errorf("%d of %d sources not backed up: %s", res.Failed, len(r.cfg.Sources), strings.Join(res.Lines, "; "))
@@ -340,6 +419,30 @@ func (r *backups) final(ctx context.Context) error {
 // with everything it started (its session is its process group). A
 // command whose reader is gone ends on its next write.
 func (r *backups) command(ctx context.Context, argv []string) (*os.File, *commandStream, error) {
+	// The slot is taken under the lock, and only while ctx lasts (the
+	// stop step waits for the commands once it has canceled it).
+	r.mu.Lock()
+	if ctx.Err() != nil {
+		r.mu.Unlock()
+		return nil, nil, errors.New("the node is shutting down")
+	}
+	if r.running >= maxBackupCommands {
+		n := r.running
+		r.mu.Unlock()
+		return nil, nil, fmt.Errorf("%d backup commands are running already, at most %d", n, maxBackupCommands)
+	}
+	r.running++
+	r.wg.Add(1)
+	r.mu.Unlock()
+	started := false
+	defer func() {
+		if !started {
+			r.mu.Lock()
+			r.running--
+			r.mu.Unlock()
+			r.wg.Done()
+		}
+	}()
 	pr, pw, err := os.Pipe()
 	if err != nil {
 		return nil, nil, err
@@ -359,7 +462,7 @@ func (r *backups) command(ctx context.Context, argv []string) (*os.File, *comman
 		epr.Close()
 		return nil, nil, err
 	}
-	r.wg.Add(1)
+	started = true
 	r.b.goSafe("backup command stderr", func() {
 		if err := bootlog.CopyLines(epr, bootlog.MaxLine, func(s string) { r.b.log.Info("backup command: " + s) }); err != nil {
 			r.b.log.Warn("backup command: reading its standard error: " + err.Error())
@@ -380,7 +483,12 @@ func (r *backups) command(ctx context.Context, argv []string) (*os.File, *comman
 		})
 	}
 	r.b.goSafe("backup command watch", func() {
-		defer r.wg.Done()
+		defer func() {
+			r.mu.Lock()
+			r.running--
+			r.mu.Unlock()
+			r.wg.Done()
+		}()
 		select {
 		case <-ctx.Done():
 			stop()

@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -133,4 +135,49 @@ func TestBackupCommandStopsWithRound(t *testing.T) {
 	case <-time.After(3 * time.Second):
 		t.Fatal("the stop step would still wait for the killed command")
 	}
+}
+
+// TestBackupCommandSlots: the backup process can have at most
+// maxBackupCommands commands running at once; when it exits, PID1 ends
+// the commands it started for it, and their slots come free.
+func TestBackupCommandSlots(t *testing.T) {
+	b := &boot{log: slog.New(slog.NewTextHandler(io.Discard, nil)), cfg: &config.Config{Workload: &config.Workload{UID: 65534, GID: 65534}}}
+	r := &backups{b: b, cmds: map[uint64]*commandStream{}}
+	quiet := []string{"/bin/sh", "-c", "sleep 60"}
+	var outs []*os.File
+	defer func() {
+		for _, f := range outs {
+			f.Close()
+		}
+	}()
+	for i := 0; i < maxBackupCommands; i++ {
+		out, cs, err := r.command(context.Background(), quiet)
+		if err != nil {
+			t.Fatalf("command %d: %v", i, err)
+		}
+		outs = append(outs, out)
+		r.cmds[uint64(i+1)] = cs
+	}
+	if _, _, err := r.command(context.Background(), quiet); err == nil || !strings.Contains(err.Error(), "running already") {
+		t.Fatalf("a command past the limit: %v", err)
+	}
+	r.stopCommands() // the backup process exited
+	deadline := time.Now().Add(commandStopGrace + 3*time.Second)
+	for {
+		r.mu.Lock()
+		n := r.running
+		r.mu.Unlock()
+		if n == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d commands still running after their process exited", n)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	out, _, err := r.command(context.Background(), []string{"/bin/true"})
+	if err != nil {
+		t.Fatalf("a command once the slots are free: %v", err)
+	}
+	out.Close()
 }

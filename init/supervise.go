@@ -40,6 +40,9 @@ type service struct {
 	// secretOps are those whose requests carry key material
 	// (control.CallSecret).
 	secretOps []string
+	// exited, when set, runs each time a process of the service has
+	// ended (before any restart): to end what PID1 started for it.
+	exited func()
 
 	ready chan struct{} // closed at the first control.OpReady
 	stop  chan struct{}
@@ -134,6 +137,9 @@ func (b *boot) superviseLoop(s *service, started chan<- error) {
 				s.mu.Unlock()
 				return
 			default:
+			}
+			if s.exited != nil {
+				s.exited()
 			}
 			st := p.Status()
 			why := exitString(st)
@@ -263,17 +269,41 @@ func (s *service) stopService(ctx context.Context) error {
 	return fmt.Errorf("service %s did not stop on SIGTERM; killed: %w", s.name, errCutShort)
 }
 
-// call asks the running service for op.
+// errNotRunning: the service has no process that said it is ready.
+var errNotRunning = errors.New("not running")
+
+// call asks the running service for op; a process that has not yet said
+// it is confined and ready is not asked.
 func (s *service) call(ctx context.Context, op string, args, result any) error {
 	s.mu.Lock()
-	peer := s.peer
+	peer, state := s.peer, s.state
 	s.mu.Unlock()
-	if peer == nil {
-		return errors.New("service " + s.name + " is not running")
+	if peer == nil || state != "running" {
+		return fmt.Errorf("service %s (%s): %w", s.name, state, errNotRunning)
 	}
 	fds, err := peer.Call(ctx, op, args, result)
 	closeFiles(fds)
 	return err
+}
+
+// waitRunning waits until the service has a ready process, or ctx ends.
+func (s *service) waitRunning(ctx context.Context) error {
+	for {
+		s.mu.Lock()
+		state := s.state
+		s.mu.Unlock()
+		switch state {
+		case "running":
+			return nil
+		case "stopped":
+			return fmt.Errorf("service %s: %w", s.name, errNotRunning)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("service %s (%s): %w", s.name, state, errNotRunning)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }
 
 // serviceStatus is one service's line in status.

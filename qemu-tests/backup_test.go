@@ -196,21 +196,28 @@ func TestBackup(t *testing.T) {
 	}
 
 	// The backup process runs as its own uid with CAP_DAC_READ_SEARCH
-	// alone; killed, it comes back, and the final round below runs in the
-	// new process.
-	if res, err := op.testHook("robot", "backup", "kill"); err != nil {
-		t.Fatalf("killing the backup process: %s %v", res, err)
-	}
-	vm.MustWaitFor(`^bulwark: WARN: service backup: killed by signal killed; restarting in `, time.Minute)
-	back := regexp.MustCompile(`service backup: running, pid \d+, uid 61004, capabilities 0000000000000004, no_new_privs 1, seccomp 2, landlock [^,]+, 1 restarts`)
-	var st string
-	for t0 := time.Now(); time.Since(t0) < time.Minute; time.Sleep(time.Second) {
-		if st, _ = op.run("robot", "status"); back.MatchString(st) {
-			break
+	// alone; killed, made to panic, or made to call a system call its
+	// filter forbids, it comes back confined as before, and the final
+	// round below runs in the last new process.
+	for i, c := range []struct{ hook, exit string }{
+		{"kill", "killed by signal killed"},
+		{"panic", "exited with status 2"},
+		{"forbidden-syscall", "killed by signal bad system call"},
+	} {
+		if res, err := op.testHook("robot", "backup", c.hook); err != nil && c.hook == "kill" {
+			t.Fatalf("killing the backup process: %s %v", res, err)
 		}
-	}
-	if !back.MatchString(st) {
-		t.Fatalf("the backup process is not back, confined as before:\n%s", st)
+		vm.MustWaitFor(`^bulwark: WARN: service backup: `+c.exit+`; restarting in `, time.Minute)
+		back := regexp.MustCompile(fmt.Sprintf(`service backup: running, pid \d+, uid 61004, capabilities 0000000000000004, no_new_privs 1, seccomp 2, landlock [^,]+, %d restarts`, i+1))
+		var st string
+		for t0 := time.Now(); time.Since(t0) < time.Minute; time.Sleep(time.Second) {
+			if st, _ = op.run("robot", "status"); back.MatchString(st) {
+				break
+			}
+		}
+		if !back.MatchString(st) {
+			t.Fatalf("after backup hook %s: the backup process is not back, confined as before:\n%s", c.hook, st)
+		}
 	}
 	if err := vm.PowerOff(2 * time.Minute); err != nil {
 		t.Fatal(err)

@@ -27,6 +27,10 @@ type Policy struct {
 	ReadOnly, ReadWrite []string
 	// Syscalls are the system calls the service makes beyond Runtime's.
 	Syscalls []string
+	// RequireLandlock makes a kernel without Landlock an error instead
+	// of a report: for a service whose capabilities reach past its
+	// files' modes (the backup process's CAP_DAC_READ_SEARCH).
+	RequireLandlock bool
 }
 
 // Report says what Apply put in place, for status.
@@ -72,15 +76,27 @@ func Apply(p Policy) (Report, error) {
 	// disabled) is reported, not fatal: seccomp still applies.
 	abi, err := llsys.LandlockGetABIVersion()
 	switch {
+	case err != nil && p.RequireLandlock:
+		return r, fmt.Errorf("sandbox: landlock, which this service requires: %w", err)
 	case err != nil:
 		r.Landlock = "unavailable: " + err.Error()
 	default:
-		var rules []landlock.Rule
-		if len(p.ReadOnly) > 0 {
-			rules = append(rules, landlock.RODirs(p.ReadOnly...))
+		ro, err := pinDirs(p.ReadOnly)
+		if err != nil {
+			return r, err
 		}
-		if len(p.ReadWrite) > 0 {
-			rules = append(rules, landlock.RWDirs(p.ReadWrite...))
+		defer unpin(ro)
+		rw, err := pinDirs(p.ReadWrite)
+		if err != nil {
+			return r, err
+		}
+		defer unpin(rw)
+		var rules []landlock.Rule
+		if len(ro) > 0 {
+			rules = append(rules, landlock.RODirs(fdPaths(ro)...))
+		}
+		if len(rw) > 0 {
+			rules = append(rules, landlock.RWDirs(fdPaths(rw)...))
 		}
 		if err := landlock.V5.BestEffort().RestrictPaths(rules...); err != nil {
 			return r, fmt.Errorf("sandbox: landlock: %w", err)
@@ -101,6 +117,42 @@ func Apply(p Policy) (Report, error) {
 	}
 	r.Seccomp = fmt.Sprintf("filter, %d system calls allowed, others kill the process", len(f.Policy.Syscalls[0].Names))
 	return r, nil
+}
+
+// pinDirs opens each directory as an O_PATH descriptor without following
+// a symbolic link anywhere on its path: a rule must cover the directory
+// the policy names, not whatever a link planted there (by the workload,
+// which owns the volumes) points to. The rule is then made through
+// /proc/self/fd/N, the very directory opened, so nothing can be swapped
+// in between.
+func pinDirs(dirs []string) ([]int, error) {
+	var fds []int
+	for _, d := range dirs {
+		fd, err := unix.Openat2(unix.AT_FDCWD, d, &unix.OpenHow{
+			Flags:   unix.O_PATH | unix.O_DIRECTORY | unix.O_CLOEXEC,
+			Resolve: unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS,
+		})
+		if err != nil {
+			unpin(fds)
+			return nil, fmt.Errorf("sandbox: rule directory %s (a symbolic link on its path is refused): %w", d, err)
+		}
+		fds = append(fds, fd)
+	}
+	return fds, nil
+}
+
+func unpin(fds []int) {
+	for _, fd := range fds {
+		unix.Close(fd)
+	}
+}
+
+func fdPaths(fds []int) []string {
+	var out []string
+	for _, fd := range fds {
+		out = append(out, fmt.Sprintf("/proc/self/fd/%d", fd))
+	}
+	return out
 }
 
 func dedup(s []string) []string {

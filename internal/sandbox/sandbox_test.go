@@ -24,7 +24,7 @@ func child() int {
 	dir := os.Getenv("BULWARK_SANDBOX_DIR")
 	// /proc/self so that the child can report what the kernel says of it;
 	// in the node PID1 reads each service's status instead.
-	rep, err := Apply(Policy{ReadWrite: []string{dir}, ReadOnly: []string{"/proc/self/"}})
+	rep, err := Apply(Policy{ReadWrite: []string{dir}, ReadOnly: []string{fmt.Sprintf("/proc/%d", os.Getpid())}})
 	if err != nil {
 		fmt.Println("apply:", err)
 		return 1
@@ -79,4 +79,25 @@ func TestApply(t *testing.T) {
 	if strings.HasPrefix(res.Report.Landlock, "ABI") && !strings.Contains(string(out), "outside: open /etc/hostname: permission denied") {
 		t.Errorf("Landlock is %s but a file outside the policy was opened:\n%s", res.Report.Landlock, out)
 	}
+}
+
+// TestRuleDirsRefuseSymlinks: a rule directory reached through a symbolic
+// link is refused, at its end or on its way (the workload owns the
+// volumes and could plant one to widen the backup process's reach).
+func TestRuleDirsRefuseSymlinks(t *testing.T) {
+	root := t.TempDir()
+	os.Mkdir(root+"/real", 0o755)
+	os.Mkdir(root+"/real/sub", 0o755)
+	os.Symlink(root+"/real", root+"/link")
+	for _, d := range []string{root + "/link", root + "/link/sub"} {
+		if fds, err := pinDirs([]string{d}); err == nil || !strings.Contains(err.Error(), "symbolic link") {
+			unpin(fds)
+			t.Errorf("pinDirs(%s): %v, want a refusal", d, err)
+		}
+	}
+	fds, err := pinDirs([]string{root + "/real", root + "/real/sub"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	unpin(fds)
 }

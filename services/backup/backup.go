@@ -38,9 +38,13 @@ import (
 
 // Config is the answer to OpConfig.
 type Config struct {
-	Node    string        `json:"node"`
-	Staging string        `json:"staging"`
-	Backup  config.Backup `json:"backup"`
+	Node    string `json:"node"`
+	Staging string `json:"staging"`
+	// ReadOnly are the data volumes' mount points that hold sources:
+	// the process may read below them (a source the workload makes later
+	// is covered, and a mount point cannot be swapped for a link).
+	ReadOnly []string      `json:"read_only"`
+	Backup   config.Backup `json:"backup"`
 }
 
 // Operations on the control socket.
@@ -126,41 +130,61 @@ func Main(ctl *os.File, files []*os.File) int {
 		f.Close()
 	}
 	r := &rounds{}
+	// PID1's requests are served only once the process is configured
+	// and confined: nothing runs unconfined, nor on a half-set state.
+	confined := make(chan struct{})
+	gate := func(h control.Handler) control.Handler {
+		return func(ctx context.Context, raw json.RawMessage, fds []*os.File) (any, []*os.File, error) {
+			select {
+			case <-confined:
+				return h(ctx, raw, fds)
+			default:
+				return nil, nil, errors.New("starting")
+			}
+		}
+	}
 	handlers := map[string]control.Handler{
-		OpCheck: func(ctx context.Context, _ json.RawMessage, _ []*os.File) (any, []*os.File, error) {
+		OpCheck: gate(func(ctx context.Context, _ json.RawMessage, _ []*os.File) (any, []*os.File, error) {
 			return r.check(ctx), nil, nil
-		},
-		OpStart: func(_ context.Context, raw json.RawMessage, _ []*os.File) (any, []*os.File, error) {
+		}),
+		OpStart: gate(func(_ context.Context, raw json.RawMessage, _ []*os.File) (any, []*os.File, error) {
 			var a Round
 			if err := control.Decode(raw, &a); err != nil {
 				return nil, nil, err
 			}
 			return nil, nil, r.start(a.Why)
-		},
-		OpRound: func(ctx context.Context, raw json.RawMessage, _ []*os.File) (any, []*os.File, error) {
+		}),
+		OpRound: gate(func(ctx context.Context, raw json.RawMessage, _ []*os.File) (any, []*os.File, error) {
 			var a Round
 			if err := control.Decode(raw, &a); err != nil {
 				return nil, nil, err
 			}
-			if a.Seconds > 0 {
-				var cancel context.CancelFunc
-				ctx, cancel = context.WithTimeout(ctx, time.Duration(a.Seconds)*time.Second)
-				defer cancel()
+			if a.Seconds < 1 || a.Seconds > 3600 {
+				return nil, nil, fmt.Errorf("a round of %d s: want 1 to 3600", a.Seconds)
 			}
+			r.mu.Lock()
+			if r.running {
+				r.mu.Unlock()
+				return nil, nil, errors.New(ErrRunning)
+			}
+			r.running = true
+			r.mu.Unlock()
+			ctx, cancel := context.WithTimeout(ctx, time.Duration(a.Seconds)*time.Second)
+			defer cancel()
 			lines, failed := r.safeRound(ctx, a.Why)
 			r.mu.Lock()
-			r.last, r.lastAt = lines, time.Now()
+			r.running, r.last, r.lastAt = false, lines, time.Now()
 			r.mu.Unlock()
 			return Result{Lines: lines, Failed: failed}, nil, nil
-		},
-		OpCancel: func(context.Context, json.RawMessage, []*os.File) (any, []*os.File, error) {
+		}),
+		OpCancel: gate(func(context.Context, json.RawMessage, []*os.File) (any, []*os.File, error) {
 			r.cancel()
 			r.wg.Wait()
 			return nil, nil, nil
-		},
-		OpStatus: func(context.Context, json.RawMessage, []*os.File) (any, []*os.File, error) {
+		}),
+		OpStatus: gate(func(context.Context, json.RawMessage, []*os.File) (any, []*os.File, error) {
 			return r.status(), nil, nil
-		},
+		}),
 	}
 	var cfg Config
 	proc, err := service.Start(ctl, handlers, OpConfig, &cfg)
@@ -171,26 +195,17 @@ func Main(ctl *os.File, files []*os.File) int {
 		proc.Log.Error("configuration", "err", err)
 		return 1
 	}
-	// Read-only: the sources; read and write: the staging directory and
-	// a directory store. No other file may be opened.
-	pol := sandbox.Policy{ReadWrite: []string{cfg.Staging}, Syscalls: Syscalls}
+	// Read-only: the volumes that hold sources; read and write: the
+	// staging directory and a directory store. No other file may be
+	// opened, and without Landlock the process does not run: its
+	// CAP_DAC_READ_SEARCH would reach every file of the node.
+	pol := sandbox.Policy{ReadOnly: cfg.ReadOnly, ReadWrite: []string{cfg.Staging}, Syscalls: Syscalls, RequireLandlock: true}
 	if d := cfg.Backup.Store.Dir; d != "" {
-		if err := os.MkdirAll(d, 0o700); err != nil {
-			proc.Log.Error("store directory", "err", err)
-			return 1
-		}
 		pol.ReadWrite = append(pol.ReadWrite, d)
 	}
-	for _, s := range cfg.Backup.Sources {
-		if s.Path != "" {
-			// A source the workload has not made yet is reached through
-			// the nearest directory that exists (its volume at worst).
-			pol.ReadOnly = append(pol.ReadOnly, existing(s.Path))
-		}
-	}
 	// The resolver's files, when the image has them (an endpoint given
-	// by name).
-	if fi, err := os.Stat("/etc"); err == nil && fi.IsDir() {
+	// by name); /etc is the image's, root's.
+	if fi, err := os.Lstat("/etc"); err == nil && fi.IsDir() {
 		pol.ReadOnly = append(pol.ReadOnly, "/etc")
 	}
 	rep, err := sandbox.Apply(pol)
@@ -199,26 +214,13 @@ func Main(ctl *os.File, files []*os.File) int {
 		return 1
 	}
 	proc.Log.Info("confined", "landlock", rep.Landlock, "seccomp", rep.Seccomp)
+	close(confined)
 	if proc.Ready(rep) != nil {
 		return 1
 	}
 	proc.Wait()
 	r.cancel()
 	return 0
-}
-
-// existing is p, or its nearest ancestor that is a directory.
-func existing(p string) string {
-	for {
-		if fi, err := os.Stat(p); err == nil && fi.IsDir() {
-			return p
-		}
-		parent := filepath.Dir(p)
-		if parent == p {
-			return p
-		}
-		p = parent
-	}
 }
 
 // rounds runs backup rounds, one at a time.
@@ -443,8 +445,8 @@ func (r *rounds) command(ctx context.Context, i int) (io.ReadCloser, error) {
 	return backup.Checked(fds[0], func() error {
 		var e Exit
 		// The command's exit comes once its output has ended; PID1
-		// bounds the wait by the round's end (SIGTERM, then SIGKILL).
-		ectx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		// bounds the wait too, and ends the command with the round.
+		ectx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 		defer cancel()
 		if _, err := r.proc.Peer.Call(ectx, OpExit, Command{Handle: c.Handle}, &e); err != nil {
 			return err
