@@ -53,18 +53,21 @@ func startBackups(b *boot) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	staging := filepath.Join(b.cfg.Volumes[0].Mount, ".bulwark", "backup-staging")
-	if err := os.MkdirAll(staging, 0o700); err != nil {
-		return "", fmt.Errorf("backup: staging directory: %w", err)
-	}
-	if err := os.Chown(staging, backupUID, backupUID); err != nil {
+	// The workload runs already and owns the volumes: the directories
+	// are made and handed to the backup process without following a
+	// link it may have planted (ownedDir).
+	mount := filepath.Clean(b.cfg.Volumes[0].Mount)
+	staging := filepath.Join(mount, ".bulwark", "backup-staging")
+	if err := ownedDir(mount, ".bulwark/backup-staging", backupUID); err != nil {
 		return "", fmt.Errorf("backup: staging directory: %w", err)
 	}
 	if d := s.Store.Dir; d != "" {
-		if err := os.MkdirAll(d, 0o700); err != nil {
-			return "", fmt.Errorf("backup: store directory: %w", err)
+		m := volumeOf(b.cfg.Volumes, d)
+		if m == "" {
+			return "", fmt.Errorf("backup: store directory %s is on no data volume", d)
 		}
-		if err := os.Chown(d, backupUID, backupUID); err != nil {
+		rel, _ := filepath.Rel(m, filepath.Clean(d))
+		if err := ownedDir(m, rel, backupUID); err != nil {
 			return "", fmt.Errorf("backup: store directory: %w", err)
 		}
 	}
@@ -280,6 +283,55 @@ func (r *backups) handlers() map[string]control.Handler {
 	}
 }
 
+// ownedDir makes the directory rel below base (each missing component
+// 0700, root's) and gives the last one to uid. Nothing on the way may be
+// a symbolic link: base is opened without following one, and each
+// component beneath it the same way, so a link the workload planted on
+// its volume is refused rather than followed (PID1 would otherwise make
+// or chown whatever the link points to).
+func ownedDir(base, rel string, uid int) error {
+	how := &unix.OpenHow{Flags: unix.O_PATH | unix.O_DIRECTORY | unix.O_CLOEXEC,
+		Resolve: unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS}
+	fd, err := unix.Openat2(unix.AT_FDCWD, base, how)
+	if err != nil {
+		return fmt.Errorf("%s: %w (a symbolic link on the path is refused)", base, err)
+	}
+	how.Resolve |= unix.RESOLVE_BENEATH
+	for _, c := range strings.Split(filepath.Clean(rel), "/") {
+		if c == "." || c == "" {
+			continue
+		}
+		if err := unix.Mkdirat(fd, c, 0o700); err != nil && err != unix.EEXIST {
+			unix.Close(fd)
+			return fmt.Errorf("%s: making %s: %w", base, c, err)
+		}
+		next, err := unix.Openat2(fd, c, how)
+		unix.Close(fd)
+		if err != nil {
+			return fmt.Errorf("%s/%s: %w (a symbolic link on the path is refused)", base, rel, err)
+		}
+		fd = next
+	}
+	defer unix.Close(fd)
+	if err := unix.Fchownat(fd, "", uid, uid, unix.AT_EMPTY_PATH); err != nil {
+		return fmt.Errorf("%s/%s: %w", base, rel, err)
+	}
+	return nil
+}
+
+// volumeOf is the mount point of the data volume that holds p, or "".
+func volumeOf(vols []config.Volume, p string) string {
+	p = filepath.Clean(p)
+	best := ""
+	for _, v := range vols {
+		m := filepath.Clean(v.Mount)
+		if (p == m || strings.HasPrefix(p, m+"/")) && len(m) > len(best) {
+			best = m
+		}
+	}
+	return best
+}
+
 // sourceVolumes are the mount points of the data volumes that hold the
 // sources (the config puts every source path on one).
 func (r *backups) sourceVolumes() []string {
@@ -288,15 +340,8 @@ func (r *backups) sourceVolumes() []string {
 		if s.Path == "" {
 			continue
 		}
-		best := ""
-		for _, v := range r.b.cfg.Volumes {
-			m := filepath.Clean(v.Mount)
-			if (s.Path == m || strings.HasPrefix(s.Path, m+"/")) && len(m) > len(best) {
-				best = m
-			}
-		}
-		if best != "" && !slices.Contains(out, best) {
-			out = append(out, best)
+		if m := volumeOf(r.b.cfg.Volumes, s.Path); m != "" && !slices.Contains(out, m) {
+			out = append(out, m)
 		}
 	}
 	return out

@@ -6,11 +6,14 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/bulwarkvm/bulwark/internal/config"
 )
@@ -180,4 +183,36 @@ func TestBackupCommandSlots(t *testing.T) {
 		t.Fatalf("a command once the slots are free: %v", err)
 	}
 	out.Close()
+}
+
+// TestOwnedDirRefusesLinks: the backup's staging and store directories
+// are made and handed to the backup process's uid without following a
+// link the workload planted on its volume: the link's target keeps its
+// owner.
+func TestOwnedDirRefusesLinks(t *testing.T) {
+	vol := t.TempDir()
+	target := t.TempDir() // stands for /etc
+	if err := os.Symlink(target, filepath.Join(vol, ".bulwark")); err != nil {
+		t.Fatal(err)
+	}
+	if err := ownedDir(vol, ".bulwark/backup-staging", 61004); err == nil || !strings.Contains(err.Error(), "symbolic link") {
+		t.Errorf("through a planted link: %v, want a refusal", err)
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(target, &st); err != nil || st.Uid != 0 {
+		t.Errorf("the link's target: owner %d (%v), want 0", st.Uid, err)
+	}
+	if _, err := os.Stat(filepath.Join(target, "backup-staging")); !os.IsNotExist(err) {
+		t.Errorf("a directory was made through the link: %v", err)
+	}
+	os.Remove(filepath.Join(vol, ".bulwark"))
+	if err := ownedDir(vol, ".bulwark/backup-staging", 61004); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Stat(filepath.Join(vol, ".bulwark", "backup-staging"), &st); err != nil || st.Uid != 61004 || st.Mode&0o777 != 0o700 {
+		t.Errorf("staging: uid %d mode %o (%v), want 61004 and 0700", st.Uid, st.Mode&0o777, err)
+	}
+	if err := unix.Stat(filepath.Join(vol, ".bulwark"), &st); err != nil || st.Uid != 0 {
+		t.Errorf(".bulwark: uid %d (%v), want root's", st.Uid, err)
+	}
 }
