@@ -7,6 +7,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -160,7 +161,7 @@ func (s *Server) Restart() {
 	}
 	cmd := exec.Command(args[0], args[1:]...)
 	cmd.Env = append(os.Environ(), "MINIO_ROOT_USER="+AccessKey, "MINIO_ROOT_PASSWORD="+SecretKey,
-		"MINIO_REGION="+s.Region, "MINIO_BROWSER=off", "MINIO_UPDATE=off", "HOME="+s.dir)
+		"MINIO_REGION="+s.Region, "MINIO_SITE_REGION="+s.Region, "MINIO_BROWSER=off", "MINIO_UPDATE=off", "HOME="+s.dir)
 	var log strings.Builder
 	cmd.Stdout, cmd.Stderr = &log, &log
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -194,9 +195,22 @@ func (s *Server) Restart() {
 // MakeBucket creates a bucket in the server's region.
 func (s *Server) MakeBucket(t T, name string) {
 	t.Helper()
-	o := objstore.S3Options{Endpoint: s.Endpoint(), Bucket: name, Region: s.Region, AccessKey: AccessKey, SecretKey: SecretKey, Transport: s.client.Transport}
+	o := objstore.S3Options{Endpoint: s.Endpoint(), AllowHTTP: true, Bucket: name, Region: s.Region, AccessKey: AccessKey, SecretKey: SecretKey, Transport: s.client.Transport}
 	if err := objstore.CreateBucket(context.Background(), o); err != nil {
 		t.Fatalf("making bucket %s: %v", name, err)
+	}
+	// MinIO can answer ready before its region setting applies, and
+	// then reports the bucket in us-east-1 for a moment (seen once in
+	// CI): wait until the bucket is in the server's region.
+	var re *objstore.RegionError
+	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		_, err := objstore.NewS3(context.Background(), o)
+		if err == nil {
+			return
+		}
+		if !errors.As(err, &re) || time.Now().After(deadline) {
+			t.Fatalf("bucket %s: %v", name, err)
+		}
 	}
 }
 
