@@ -208,12 +208,10 @@ func Main(ctl *os.File, files []*os.File) int {
 	if fi, err := os.Lstat("/etc"); err == nil && fi.IsDir() {
 		pol.ReadOnly = append(pol.ReadOnly, "/etc")
 	}
-	rep, err := sandbox.Apply(pol)
+	rep, err := proc.Confine(pol)
 	if err != nil {
-		proc.Log.Error("sandbox", "err", err)
 		return 1
 	}
-	proc.Log.Info("confined", "landlock", rep.Landlock, "seccomp", rep.Seccomp)
 	close(confined)
 	if proc.Ready(rep) != nil {
 		return 1

@@ -107,12 +107,10 @@ func Main(ctl *os.File, listeners []*os.File) int {
 	}
 	// From here on nothing but the sockets it has and the connections it
 	// makes to the workload: no file may be opened.
-	rep, err := sandbox.Apply(sandbox.Policy{Syscalls: Syscalls})
+	rep, err := proc.Confine(sandbox.Policy{Syscalls: Syscalls})
 	if err != nil {
-		log.Error("sandbox", "err", err)
 		return 1
 	}
-	log.Info("confined", "landlock", rep.Landlock, "seccomp", rep.Seccomp)
 	// The doors share the process's descriptors: each gets its part of
 	// the budget, and no more than it asked for.
 	share := max(1, door.FDBudget()/max(1, len(cfg.Doors)))

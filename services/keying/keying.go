@@ -14,18 +14,16 @@ package keying
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
-	"encoding/pem"
 	"errors"
 	"fmt"
-	"net"
 	"net/netip"
 	"os"
 	"time"
 
 	"github.com/bulwarkvm/bulwark/internal/control"
 	"github.com/bulwarkvm/bulwark/internal/ipsec"
+	"github.com/bulwarkvm/bulwark/internal/pki"
 	"github.com/bulwarkvm/bulwark/internal/sandbox"
 	"github.com/bulwarkvm/bulwark/services/service"
 )
@@ -120,24 +118,17 @@ func Main(ctl *os.File, files []*os.File) int {
 		log.Error("configuration", "err", err)
 		return 1
 	}
-	if len(files) != 1 {
-		log.Error(fmt.Sprintf("%d descriptors given, want the keying listener", len(files)))
-		return 1
-	}
-	ln, err := net.FileListener(files[0])
-	files[0].Close()
+	ln, err := service.Listener(files, "keying listener")
 	if err != nil {
-		log.Error("keying listener", "err", err)
+		log.Error(err.Error())
 		return 1
 	}
 	// No file may be opened from here on: the process has its sockets,
 	// its control socket and what PID1 gives it.
-	rep, err := sandbox.Apply(sandbox.Policy{Syscalls: Syscalls})
+	rep, err := proc.Confine(sandbox.Policy{Syscalls: Syscalls})
 	if err != nil {
-		log.Error("sandbox", "err", err)
 		return 1
 	}
-	log.Info("confined", "landlock", rep.Landlock, "seccomp", rep.Seccomp)
 	o.Kernel, o.Listener, o.Log = &kernel{peer: proc.Peer}, ln, log
 	if m, err = ipsec.Start(o); err != nil {
 		log.Error("keying", "err", err)
@@ -160,7 +151,7 @@ func options(c Config) (ipsec.Options, error) {
 	if err != nil {
 		return o, fmt.Errorf("self: %w", err)
 	}
-	ca, err := parseCert(c.CAPEM)
+	ca, err := pki.ParseCertificate(c.CAPEM)
 	if err != nil {
 		return o, fmt.Errorf("project CA: %w", err)
 	}
@@ -180,12 +171,4 @@ func options(c Config) (ipsec.Options, error) {
 		o.Resume[a] = p.Generations
 	}
 	return o, nil
-}
-
-func parseCert(b []byte) (*x509.Certificate, error) {
-	blk, _ := pem.Decode(b)
-	if blk == nil || blk.Type != "CERTIFICATE" {
-		return nil, errors.New("no PEM certificate")
-	}
-	return x509.ParseCertificate(blk.Bytes)
 }

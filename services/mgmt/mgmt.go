@@ -11,12 +11,9 @@ package mgmt
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
-	"encoding/pem"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"time"
 
@@ -25,6 +22,7 @@ import (
 	"github.com/bulwarkvm/bulwark/internal/audit"
 	"github.com/bulwarkvm/bulwark/internal/control"
 	api "github.com/bulwarkvm/bulwark/internal/mgmt"
+	"github.com/bulwarkvm/bulwark/internal/pki"
 	"github.com/bulwarkvm/bulwark/internal/safego"
 	"github.com/bulwarkvm/bulwark/internal/sandbox"
 	"github.com/bulwarkvm/bulwark/services/service"
@@ -158,32 +156,20 @@ func Main(ctl *os.File, files []*os.File) int {
 		log.Error("the node's certificate", "err", err)
 		return 1
 	}
-	blk, _ := pem.Decode(cfg.CAPEM)
-	if blk == nil {
-		log.Error("the project CA: no PEM block")
-		return 1
-	}
-	ca, err := x509.ParseCertificate(blk.Bytes)
+	ca, err := pki.ParseCertificate(cfg.CAPEM)
 	if err != nil {
 		log.Error("the project CA", "err", err)
 		return 1
 	}
-	if len(files) != 1 {
-		log.Error(fmt.Sprintf("%d listening sockets given, want 1", len(files)))
-		return 1
-	}
-	ln, err := net.FileListener(files[0])
-	files[0].Close()
+	ln, err := service.Listener(files, "listening socket")
 	if err != nil {
-		log.Error("listening socket", "err", err)
+		log.Error(err.Error())
 		return 1
 	}
-	rep, err := sandbox.Apply(sandbox.Policy{Syscalls: Syscalls})
+	rep, err := proc.Confine(sandbox.Policy{Syscalls: Syscalls})
 	if err != nil {
-		log.Error("sandbox", "err", err)
 		return 1
 	}
-	log.Info("confined", "landlock", rep.Landlock, "seccomp", rep.Seccomp)
 	remote := &remote{peer: peer}
 	s, err := api.Listen(api.Options{Listener: ln, CA: ca, Cert: cert, Revoked: cfg.Revoked,
 		Audit: remote, Node: remoteNode{remote}, Log: log})

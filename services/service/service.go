@@ -9,6 +9,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"time"
 
@@ -53,6 +54,32 @@ func Start(ctl *os.File, handlers map[string]control.Handler, configOp string, c
 		return nil, err
 	}
 	return p, nil
+}
+
+// Confine applies pol to the process (internal/sandbox) and logs what is
+// in place, or the error.
+func (p *Process) Confine(pol sandbox.Policy) (sandbox.Report, error) {
+	rep, err := sandbox.Apply(pol)
+	if err != nil {
+		p.Log.Error("sandbox", "err", err)
+		return rep, err
+	}
+	p.Log.Info("confined", "landlock", rep.Landlock, "seccomp", rep.Seccomp)
+	return rep, nil
+}
+
+// Listener is the one listening socket PID1 passed (files), as a
+// net.Listener; what names it in errors.
+func Listener(files []*os.File, what string) (net.Listener, error) {
+	if len(files) != 1 {
+		return nil, fmt.Errorf("%d descriptors given, want the %s", len(files), what)
+	}
+	ln, err := net.FileListener(files[0])
+	files[0].Close()
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
+	return ln, nil
 }
 
 // Ready tells PID1 the service is confined (rep) and serving.
