@@ -86,16 +86,19 @@ func (b *boot) keyingHandlers(x *ipsec.XFRM, self netip.Addr, port int) map[stri
 	id := make([]byte, 8)
 	rand.Read(id)
 	bootID := hex.EncodeToString(id)
-	sa := func(raw json.RawMessage) (ksvc.SA, netip.Addr, error) {
-		var a ksvc.SA
-		if err := control.Decode(raw, &a); err != nil {
-			return a, netip.Addr{}, err
+	// onSA decodes an SA request and its peer's address, then runs fn.
+	onSA := func(fn func(ctx context.Context, a ksvc.SA, peer netip.Addr) (any, []*os.File, error)) control.Handler {
+		return func(ctx context.Context, raw json.RawMessage, _ []*os.File) (any, []*os.File, error) {
+			var a ksvc.SA
+			if err := control.Decode(raw, &a); err != nil {
+				return nil, nil, err
+			}
+			peer, err := netip.ParseAddr(a.Peer)
+			if err != nil {
+				return nil, nil, fmt.Errorf("peer: %w", err)
+			}
+			return fn(ctx, a, peer)
 		}
-		peer, err := netip.ParseAddr(a.Peer)
-		if err != nil {
-			return a, peer, fmt.Errorf("peer: %w", err)
-		}
-		return a, peer, nil
 	}
 	key := func(ctx context.Context) ([]byte, error) {
 		sec := control.SecretFrom(ctx)
@@ -114,62 +117,38 @@ func (b *boot) keyingHandlers(x *ipsec.XFRM, self netip.Addr, port int) map[stri
 			}
 			return c, nil, nil
 		},
-		ksvc.OpSPI: func(_ context.Context, raw json.RawMessage, _ []*os.File) (any, []*os.File, error) {
-			_, peer, err := sa(raw)
-			if err != nil {
-				return nil, nil, err
-			}
+		ksvc.OpSPI: onSA(func(_ context.Context, _ ksvc.SA, peer netip.Addr) (any, []*os.File, error) {
 			spi, err := x.AllocSPI(peer)
 			return ksvc.SA{SPI: spi}, nil, err
-		},
-		ksvc.OpInbound: func(ctx context.Context, raw json.RawMessage, _ []*os.File) (any, []*os.File, error) {
-			a, peer, err := sa(raw)
-			if err != nil {
-				return nil, nil, err
-			}
+		}),
+		ksvc.OpInbound: onSA(func(ctx context.Context, a ksvc.SA, peer netip.Addr) (any, []*os.File, error) {
 			k, err := key(ctx)
 			if err != nil {
 				return nil, nil, err
 			}
 			return nil, nil, x.AddInbound(peer, ipsec.Generation{Gen: a.Gen, InSPI: a.InSPI, PeerBoot: a.PeerBoot}, k)
-		},
-		ksvc.OpOutbound: func(ctx context.Context, raw json.RawMessage, _ []*os.File) (any, []*os.File, error) {
-			a, peer, err := sa(raw)
-			if err != nil {
-				return nil, nil, err
-			}
+		}),
+		ksvc.OpOutbound: onSA(func(ctx context.Context, a ksvc.SA, peer netip.Addr) (any, []*os.File, error) {
 			k, err := key(ctx)
 			if err != nil {
 				return nil, nil, err
 			}
 			return nil, nil, x.AddOutbound(peer, a.InSPI, a.OutSPI, k)
-		},
-		ksvc.OpDelete: func(_ context.Context, raw json.RawMessage, _ []*os.File) (any, []*os.File, error) {
-			a, peer, err := sa(raw)
-			if err != nil {
-				return nil, nil, err
-			}
+		}),
+		ksvc.OpDelete: onSA(func(_ context.Context, a ksvc.SA, peer netip.Addr) (any, []*os.File, error) {
 			return nil, nil, x.Delete(peer, a.InSPI)
-		},
-		ksvc.OpStats: func(_ context.Context, raw json.RawMessage, _ []*os.File) (any, []*os.File, error) {
-			a, peer, err := sa(raw)
-			if err != nil {
-				return nil, nil, err
-			}
+		}),
+		ksvc.OpStats: onSA(func(_ context.Context, a ksvc.SA, peer netip.Addr) (any, []*os.File, error) {
 			st, err := x.Stats(peer, a.InSPI)
 			return st, nil, err
-		},
-		ksvc.OpSocket: func(_ context.Context, raw json.RawMessage, _ []*os.File) (any, []*os.File, error) {
-			_, peer, err := sa(raw)
-			if err != nil {
-				return nil, nil, err
-			}
+		}),
+		ksvc.OpSocket: onSA(func(_ context.Context, _ ksvc.SA, peer netip.Addr) (any, []*os.File, error) {
 			f, err := x.Socket(peer)
 			if err != nil {
 				return nil, nil, err
 			}
 			return nil, []*os.File{f}, nil
-		},
+		}),
 	}
 }
 
