@@ -68,8 +68,9 @@ var sysImg *systemImage
 // read-only at a staging point; the workload's program must be on it, and
 // is read through once so that a corrupt program stops the node here.
 // It runs before the volumes stage, so that a missing or wrong image
-// formats nothing. Without a root hash on the command line the node has
-// no system image; a workload that needs one is refused here.
+// formats nothing. A command line without a root hash stops the node
+// here too: the node runs programs only from a verified system image, and
+// an unbound boot would leave an auditor no way to tell which.
 func setUpSystemImage(b *boot) (string, error) {
 	cmdline, err := os.ReadFile("/proc/cmdline")
 	if err != nil {
@@ -78,12 +79,6 @@ func setUpSystemImage(b *boot) (string, error) {
 	root, err := usrHash(string(cmdline))
 	if err != nil {
 		return "", err
-	}
-	if root == nil {
-		if err := workloadWithoutImage(b); err != nil {
-			return "", err
-		}
-		return fmt.Sprintf("none (no %s= on the kernel command line)", usrHashParam), nil
 	}
 	// dm-verity and squashfs are background modules.
 	waited, err := b.awaitModules()
@@ -121,7 +116,7 @@ func setUpSystemImage(b *boot) (string, error) {
 // loaded by now) is hidden from then on.
 func mountSystemUsr(b *boot) (string, error) {
 	if sysImg == nil {
-		return "no system image", nil
+		return "", errors.New("usr: no system image is mapped")
 	}
 	if err := unix.Mount(usrStaging, usrMount, "", unix.MS_MOVE, ""); err != nil {
 		return "", fmt.Errorf("usr: moving the system image from %s to %s: %w", usrStaging, usrMount, err)
@@ -129,9 +124,9 @@ func mountSystemUsr(b *boot) (string, error) {
 	return fmt.Sprintf("the system image on %s (read-only, nodev, nosuid)", usrMount), nil
 }
 
-// usrHash finds bulwark.usrhash= on the kernel command line: nil when it
-// is not there; an error when it is there more than once or is not 64 hex
-// digits (a SHA-256 root hash).
+// usrHash finds bulwark.usrhash= on the kernel command line: an error
+// when it is not there, there more than once, or not 64 hex digits (a
+// SHA-256 root hash).
 func usrHash(cmdline string) ([]byte, error) {
 	var found []string
 	for _, f := range strings.Fields(cmdline) {
@@ -141,7 +136,7 @@ func usrHash(cmdline string) ([]byte, error) {
 	}
 	switch len(found) {
 	case 0:
-		return nil, nil
+		return nil, fmt.Errorf("system image: the kernel command line has no %s= (the root hash of the node's system image): a node runs its programs only from a verified system image; boot with the command line of the build (out/%s, or the UEFI disk's loader entry)", usrHashParam, "cmdline")
 	case 1:
 	default:
 		return nil, fmt.Errorf("system image: %s= is on the kernel command line %d times", usrHashParam, len(found))
@@ -151,24 +146,6 @@ func usrHash(cmdline string) ([]byte, error) {
 		return nil, fmt.Errorf("system image: %s=%q is not a root hash (64 hex digits)", usrHashParam, found[0])
 	}
 	return root, nil
-}
-
-// workloadWithoutImage refuses, before anything is formatted, a workload
-// whose program is not there: without a system image the node has only
-// the initramfs's programs.
-func workloadWithoutImage(b *boot) error {
-	w := b.cfg.Workload
-	if w == nil {
-		return nil
-	}
-	prog := w.Command[0]
-	if _, err := os.Stat(prog); err == nil {
-		return nil
-	}
-	if prog == usrMount || strings.HasPrefix(prog, usrMount+"/") {
-		return fmt.Errorf("system image: the workload's program %s is under %s, where the system image is mounted, and this node has none: the kernel command line has no %s=", prog, usrMount, usrHashParam)
-	}
-	return fmt.Errorf("system image: the workload's program %s does not exist (there is no system image: the kernel command line has no %s=)", prog, usrHashParam)
 }
 
 // findSystemImage looks for the image: on a disk with the usr and

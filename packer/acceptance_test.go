@@ -103,7 +103,7 @@ build { sources = ["source.bulwark.bad"] }
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("the make path: %v\n%s", err, out)
 	}
-	for _, f := range []string{"vmlinuz", "initramfs.img", "system.img", "bulwark.img", "bulwark.qcow2"} {
+	for _, f := range []string{"vmlinuz", "initramfs.img", "system.img", "cmdline", "bulwark.img", "bulwark.qcow2"} {
 		a, b := digest(t, filepath.Join(outDir, f)), digest(t, filepath.Join(makeOut, f))
 		if a != b {
 			t.Errorf("%s differs: Packer %s, make %s", f, a, b)

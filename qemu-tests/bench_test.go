@@ -198,7 +198,7 @@ func BenchmarkVolumeFormatMap(b *testing.B) {
 	img := testImage(b)
 	img.Cmdline += fmt.Sprintf(" rdinit=%s/guesttest bulwark.testargs=-test.run=NONE,-test.bench=GuestFormatMap,-test.benchtime=%dx", testBin, max(b.N, 3))
 	dir := b.TempDir()
-	vm := harness.Start(b, harness.Options{Name: "bench-volume", Image: img, Disks: []string{newDisk(b, dir, "d0", 1<<30+16<<20)}})
+	vm := harness.Start(b, harness.Options{Name: "bench-volume", Image: img, NoSystemDisk: true, Disks: []string{newDisk(b, dir, "d0", 1<<30+16<<20)}})
 	l := vm.MustWaitFor(`^BenchmarkGuestFormatMap-[0-9]+\s+[0-9]+`, 10*time.Minute)
 	vm.MustWaitFor(`^guesttest: PASS volume.test$`, time.Minute)
 	f := strings.Fields(l.Text)

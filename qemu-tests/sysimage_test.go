@@ -38,13 +38,6 @@ func builtReport(t *testing.T, img harness.Image) (*imagebuild.Report, string) {
 	return &rep, filepath.Join(dir, "build-report.json")
 }
 
-// systemDisk attaches a system image file as the read-only virtio disk
-// with the serial the init looks for on a direct kernel boot.
-func systemDisk(file string) []string {
-	return []string{"-drive", "if=none,id=sys,format=raw,readonly=on,file=" + file,
-		"-device", "virtio-blk-pci,drive=sys,serial=" + imagebuild.SystemImageSerial}
-}
-
 // TestSystemImage boots the image make image built with its system image
 // (out/system.img on the virtio disk bulwark-system, the root hash on the
 // kernel command line) and the database server's --version as the
@@ -54,16 +47,18 @@ func systemDisk(file string) []string {
 // this build's report and fails with another build's. Then: one byte
 // flipped inside the program on the image halts the node with a FATAL
 // naming dm-verity before the program runs; a root hash on the command
-// line that is not the image's, a missing image, and a workload under
-// /usr on a node without a root hash each halt it with a FATAL that says
-// so, and no workload runs.
+// line that is not the image's, a missing image, and a command line
+// without a root hash each halt it with a FATAL that says so, and no
+// workload runs.
 func TestSystemImage(t *testing.T) {
 	img := image(t)
 	rep, reportFile := builtReport(t, img)
 	si := rep.SystemImage
-	sysFile := filepath.Join(filepath.Dir(img.Kernel), imagebuild.SystemImageFile)
-	withHash := img
-	withHash.Cmdline = img.Cmdline + " " + si.Cmdline
+	sysFile := img.System
+	if !strings.HasSuffix(img.Cmdline, " "+si.Cmdline) {
+		t.Fatalf("the build's command line %q does not bind its system image (%s)", img.Cmdline, si.Cmdline)
+	}
+	noHash := strings.TrimSuffix(img.Cmdline, " "+si.Cmdline)
 	workload := fmt.Sprintf(`"workload": {"command": [%q, "--version"], "uid": 999, "gid": 999}`, postgresProg)
 	versionLine := `^bulwark: workload: postgres \(PostgreSQL\) 15\.`
 
@@ -77,8 +72,7 @@ func TestSystemImage(t *testing.T) {
 		"network": {"interfaces": [{"name": "eth0", "addresses": ["10.99.0.10/24"]}]},
 		"firewall": {"management_sources": ["10.99.0.5"]},
 		"tls": %s, %s}`, tlsSection, workload))
-		vm := harness.Start(t, harness.Options{Name: "sysimage", Image: withHash, Config: cfg, Net: n, TPM: true,
-			ExtraArgs: systemDisk(sysFile)})
+		vm := harness.Start(t, harness.Options{Name: "sysimage", Image: img, Config: cfg, Net: n, TPM: true})
 		vm.MustWaitFor(`^bulwark: ready$`, 3*time.Minute)
 		vm.MustWaitFor(`^bulwark:   system image +ok +.*root hash `+si.RootHash[:16]+`…, /dev/vd[a-z] \(disk bulwark-system\)`, time.Second)
 		vm.MustWaitFor(`^bulwark:   usr +ok +.*the system image on /usr \(read-only, nodev, nosuid\)`, time.Second)
@@ -124,8 +118,10 @@ func TestSystemImage(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Logf("flipped the byte at %d, inside %s's first data block (%d bytes at %d)", off+n/2, postgresProg, n, off)
-		vm := harness.Start(t, harness.Options{Name: "sysimage-corrupt", Image: withHash, ExpectFatal: true,
-			Config: []byte(`{"version": 1, "hostname": "db-1", ` + workload + `}`), ExtraArgs: systemDisk(damaged)})
+		im := img
+		im.System = damaged
+		vm := harness.Start(t, harness.Options{Name: "sysimage-corrupt", Image: im, ExpectFatal: true,
+			Config: []byte(`{"version": 1, "hostname": "db-1", ` + workload + `}`)})
 		// The kernel's own copy of the FATAL line (the init logs it to
 		// /dev/kmsg too) and its dm-verity errors reach the same serial
 		// console at that instant and can cut into the init's line, so
@@ -155,20 +151,23 @@ func TestSystemImage(t *testing.T) {
 		name, cmdline string
 		disk          bool
 		want          string
+		// bare: a config without a workload, so that nothing but the
+		// command line can stop the node.
+		bare bool
 	}{
-		{"a root hash that is not the image's", img.Cmdline + " " + imagebuild.UsrHashParam + "=" + string(wrong), true,
-			`system image: the root hash on the kernel command line \(bulwark\.usrhash=` + string(wrong[:16]) + `…\) does not match the image on /dev/vd[a-z] \(disk bulwark-system\)`},
-		{"no image", withHash.Cmdline, false, `system image: not found: no usr and usr-verity partitions with the UUIDs of root hash ` + si.RootHash[:16] + `…, and no disk with serial bulwark-system`},
-		{"no root hash, a workload under /usr", img.Cmdline, true, `system image: the workload's program ` + regexp.QuoteMeta(postgresProg) + ` is under /usr, where the system image is mounted, and this node has none: the kernel command line has no bulwark\.usrhash=`},
+		{"a root hash that is not the image's", noHash + " " + imagebuild.UsrHashParam + "=" + string(wrong), true,
+			`system image: the root hash on the kernel command line \(bulwark\.usrhash=` + string(wrong[:16]) + `…\) does not match the image on /dev/vd[a-z] \(disk bulwark-system\)`, false},
+		{"no image", img.Cmdline, false, `system image: not found: no usr and usr-verity partitions with the UUIDs of root hash ` + si.RootHash[:16] + `…, and no disk with serial bulwark-system`, false},
+		{"no root hash", noHash, true, `system image: the kernel command line has no bulwark\.usrhash= \(the root hash of the node's system image\)`, true},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			im := img
 			im.Cmdline = c.cmdline
-			o := harness.Options{Name: "sysimage-fatal", Image: im, ExpectFatal: true,
-				Config: []byte(`{"version": 1, "hostname": "db-1", ` + workload + `}`)}
-			if c.disk {
-				o.ExtraArgs = systemDisk(sysFile)
+			cfg := `{"version": 1, "hostname": "db-1", ` + workload + `}`
+			if c.bare {
+				cfg = `{"version": 1, "hostname": "db-1"}`
 			}
+			o := harness.Options{Name: "sysimage-fatal", Image: im, ExpectFatal: true, NoSystemDisk: !c.disk, Config: []byte(cfg)}
 			vm := harness.Start(t, o)
 			// As above: the kernel's copy of the line may cut into it;
 			// the whole text must still be there, in one of the copies.

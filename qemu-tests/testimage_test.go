@@ -21,12 +21,14 @@ var (
 	testImgErr    error
 )
 
-// testImage is the production image plus test programs: the real
-// cryptsetup with its libraries, the guest test runner (booted with
-// rdinit=, in place of the production init), the guest-tagged test
-// binaries, and the test workloads (markerwriter, netprobe). The production init is
-// still /init, so booting it without rdinit= is a production node that can
-// run a test workload. Built once per test process.
+// testImage is the production image plus test programs. Its initramfs
+// has the real cryptsetup with its libraries, the guest test runner
+// (booted with rdinit=, in place of the init) and the guest-tagged test
+// binaries; its init is the production init with the test hooks
+// (-tags bulwarktest). Its system image holds the test workloads
+// (markerwriter, netprobe, stubborn) and no Debian packages: a node runs
+// its workload only from the verified system image, and the test image's
+// nodes are production nodes in that. Built once per test process.
 func testImage(t testing.TB) harness.Image {
 	t.Helper()
 	testImageOnce.Do(func() { testImg, testImgErr = buildTestImage(image(t)) })
@@ -43,7 +45,8 @@ func buildTestImage(base harness.Image) (harness.Image, error) {
 	}
 	harness.RemoveOnExit(dir)
 	bins := filepath.Join(dir, "bin")
-	extra := map[string]string{}
+	extra := map[string]string{}  // into the initramfs
+	system := map[string]string{} // into the system image
 	build := func(name string, args ...string) error {
 		out := filepath.Join(bins, name)
 		cmd := exec.Command("go", append(append([]string{}, args[:len(args)-1]...), "-trimpath", "-o", out, args[len(args)-1])...)
@@ -52,7 +55,12 @@ func buildTestImage(base harness.Image) (harness.Image, error) {
 		if b, err := cmd.CombinedOutput(); err != nil {
 			return &buildError{name, err, string(b)}
 		}
-		extra[testBin+"/"+name] = out
+		switch name {
+		case "markerwriter", "netprobe", "stubborn":
+			system[testBin+"/"+name] = out
+		default:
+			extra[testBin+"/"+name] = out
+		}
 		return nil
 	}
 	for _, b := range [][]string{
@@ -75,13 +83,15 @@ func buildTestImage(base harness.Image) (harness.Image, error) {
 		return harness.Image{}, err
 	}
 	out := filepath.Join(dir, "out")
-	_, err = imagebuild.Build(context.Background(), imagebuild.Options{
-		OutDir:     out,
-		SourceDir:  src,
-		ExtraTools: []string{"/usr/sbin/cryptsetup", "/usr/sbin/ip"},
-		ExtraFiles: extraWithout(extra, testBin+"/init"),
-		InitBinary: extra[testBin+"/init"],
-		SkipDisk:   true,
+	rep, err := imagebuild.Build(context.Background(), imagebuild.Options{
+		OutDir:      out,
+		SourceDir:   src,
+		ExtraTools:  []string{"/usr/sbin/cryptsetup", "/usr/sbin/ip"},
+		ExtraFiles:  extraWithout(extra, testBin+"/init"),
+		InitBinary:  extra[testBin+"/init"],
+		SkipDisk:    true,
+		NoPackages:  true,
+		SystemFiles: system,
 	})
 	if err != nil {
 		return harness.Image{}, err
@@ -89,6 +99,8 @@ func buildTestImage(base harness.Image) (harness.Image, error) {
 	img := base
 	img.Kernel = filepath.Join(out, "vmlinuz")
 	img.Initramfs = filepath.Join(out, "initramfs.img")
+	img.System = filepath.Join(out, imagebuild.SystemImageFile)
+	img.Cmdline = rep.Cmdline
 	img.Disk = ""
 	return img, nil
 }

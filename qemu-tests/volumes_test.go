@@ -28,7 +28,9 @@ func TestGuestVolumeInterop(t *testing.T) {
 	vm := harness.Start(t, harness.Options{
 		Name:  "guest-interop",
 		Image: img,
-		Disks: []string{newDisk(t, dir, "d0", 64<<20), newDisk(t, dir, "d1", 64<<20)},
+		// The guest runner maps no system image.
+		NoSystemDisk: true,
+		Disks:        []string{newDisk(t, dir, "d0", 64<<20), newDisk(t, dir, "d1", 64<<20)},
 	})
 	vm.MustWaitFor(`^guesttest: done$`, 5*time.Minute)
 	vm.WaitExit(time.Minute)

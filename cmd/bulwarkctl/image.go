@@ -76,7 +76,7 @@ reproducible. Run it in the bulwark source tree: it builds ./init.`,
 	f.StringVar(&o.CmdlineExtra, "cmdline", "", "extra kernel command line arguments")
 	f.Int64Var(&diskMiB, "disk-size", imagebuild.DefaultDiskSize>>20, "UEFI disk size in MiB")
 	f.BoolVar(&qcow2, "qcow2", false, "also write bulwark.qcow2")
-	f.BoolVar(&o.SkipDisk, "no-disk", false, "build vmlinuz and the initramfs only")
+	f.BoolVar(&o.SkipDisk, "no-disk", false, "build no UEFI disk (vmlinuz, the initramfs and system.img only)")
 	f.BoolVar(&asJSON, "json", false, "print the build report as JSON")
 	f.BoolVar(&quiet, "quiet", false, "no progress on standard error")
 	return group("image", "The node image", build)

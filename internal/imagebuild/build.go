@@ -61,13 +61,18 @@ type Options struct {
 	InitBinary    string   // a prebuilt init; default: go build ./init
 	SourceDir     string   // the bulwark module; default: found from the working directory
 	InitPackage   string   // default "./init"; tests build other programs as /init
-	SkipDisk      bool     // build vmlinuz and the initramfs only (no disk, no system image)
+	SkipDisk      bool     // build no UEFI disk: vmlinuz, the initramfs and system.img only
 	// Packages are the Debian packages (name, or name=version) the system
 	// image is made of; nil means DefaultPackages.
 	Packages []string
-	// NoSystemImage builds no system image: the node then boots without
-	// one (no bulwark.usrhash= on its command line).
-	NoSystemImage bool
+	// NoPackages makes a system image without Debian packages: only the
+	// files of SystemFiles. Every node needs a system image (the init
+	// halts without a root hash on its command line); this is for
+	// workloads that are single static programs, and for tests.
+	NoPackages bool
+	// SystemFiles are more files for the system image, as
+	// destination (under /usr) = source on the build host.
+	SystemFiles map[string]string
 	// DebCache is where fetched .debs are kept; default
 	// <user cache directory>/bulwark/debs.
 	DebCache string
@@ -137,25 +142,23 @@ func Build(ctx context.Context, o Options) (*Report, error) {
 	rep.InitramfsCompressed = n
 	outputs := []string{kernel, initrd}
 
+	// Every node boots with its system image: the root hash is on the
+	// command line of both boots (the UEFI disk's loader entry and the
+	// direct kernel boot's, rep.Cmdline and out/cmdline).
 	sysPath := filepath.Join(o.OutDir, SystemImageFile)
-	if o.SkipDisk || o.NoSystemImage {
-		// A system image from an earlier build would not match this one.
-		os.Remove(sysPath)
+	si, res, err := o.buildSystemImage(ctx, sysPath)
+	if err != nil {
+		return nil, err
+	}
+	rep.SystemImage = si
+	rep.Cmdline += " " + si.Cmdline
+	outputs = append(outputs, sysPath)
+	if err := os.WriteFile(filepath.Join(o.OutDir, CmdlineFile), []byte(rep.Cmdline+"\n"), 0o644); err != nil {
+		return nil, err
 	}
 	if !o.SkipDisk {
 		spec := efidisk.Spec{Kernel: kernel, Initramfs: initrd, Cmdline: rep.Cmdline, Size: o.DiskSize}
-		if !o.NoSystemImage {
-			si, res, err := o.buildSystemImage(ctx, sysPath)
-			if err != nil {
-				return nil, err
-			}
-			rep.SystemImage = si
-			outputs = append(outputs, sysPath)
-			// The disk boots with the image: its loader entry binds the
-			// root hash. A direct kernel boot adds si.Cmdline itself.
-			spec.Cmdline = rep.Cmdline + " " + si.Cmdline
-			spec.Usr = &efidisk.Usr{Image: sysPath, DataBytes: si.DataBytes, HashOffset: si.HashOffset, HashBytes: si.HashBytes, RootHash: res.RootHash[:]}
-		}
+		spec.Usr = &efidisk.Usr{Image: sysPath, DataBytes: si.DataBytes, HashOffset: si.HashOffset, HashBytes: si.HashBytes, RootHash: res.RootHash[:]}
 		disk := filepath.Join(o.OutDir, "bulwark.img")
 		if err := efidisk.Build(disk, spec); err != nil {
 			return nil, err
@@ -223,9 +226,11 @@ func (o *Options) Prepare() error {
 	if o.Packages == nil {
 		o.Packages = slices.Clone(DefaultPackages)
 	}
-	if !o.NoSystemImage && !o.SkipDisk {
+	if o.NoPackages {
+		o.Packages = []string{}
+	} else {
 		if len(o.Packages) == 0 {
-			return fmt.Errorf("imagebuild: no packages for the system image (build without one instead)")
+			return fmt.Errorf("imagebuild: no packages for the system image (set NoPackages for a system image of SystemFiles only)")
 		}
 		for _, p := range o.Packages {
 			if err := deb.CheckName(p); err != nil {
@@ -356,7 +361,7 @@ func (o *Options) assemble(initBin string, rep *Report) (*initramfs.Archive, int
 		if d == "lib32" || d == "libx32" {
 			continue
 		}
-		if err := a.AddSymlink("/"+d, "usr/"+d); err != nil && !o.NoSystemImage && !o.SkipDisk {
+		if err := a.AddSymlink("/"+d, "usr/"+d); err != nil {
 			return nil, 0, fmt.Errorf("imagebuild: the system image needs a merged /usr (/%s a link to usr/%s), and this host's is not: %w", d, d, err)
 		}
 	}

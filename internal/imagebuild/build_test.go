@@ -84,7 +84,7 @@ func TestCmdlineChangesDisk(t *testing.T) {
 	var disks [][]byte
 	for _, extra := range []string{"", "bulwark.test=1"} {
 		d := t.TempDir()
-		if _, err := Build(context.Background(), Options{OutDir: d, SourceDir: src, CmdlineExtra: extra, NoSystemImage: true}); err != nil {
+		if _, err := Build(context.Background(), Options{OutDir: d, SourceDir: src, CmdlineExtra: extra, NoPackages: true}); err != nil {
 			t.Fatal(err)
 		}
 		b, err := os.ReadFile(filepath.Join(d, "bulwark.img"))

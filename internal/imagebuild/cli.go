@@ -24,11 +24,11 @@ func Main(ctx context.Context, args []string, stdout io.Writer) error {
 	fs.StringVar(&tools, "tools", "", "comma-separated extra ELF programs (absolute host paths)")
 	fs.StringVar(&files, "files", "", "comma-separated extra files as DEST=SRC")
 	fs.StringVar(&o.CmdlineExtra, "cmdline", "", "extra kernel command line arguments")
-	fs.StringVar(&packages, "packages", strings.Join(DefaultPackages, ","), "comma-separated Debian packages (name or name=version) for the system image; none for no system image")
+	fs.StringVar(&packages, "packages", strings.Join(DefaultPackages, ","), "comma-separated Debian packages (name or name=version) for the system image; none for a system image of bulwark's own files only")
 	fs.StringVar(&o.DebCache, "deb-cache", "", "directory keeping the fetched .deb files (default: ~/.cache/bulwark/debs)")
 	fs.Int64Var(&diskMiB, "disk-size", DefaultDiskSize>>20, "UEFI disk size in MiB")
 	fs.BoolVar(&qcow2, "qcow2", false, "also write bulwark.qcow2")
-	fs.BoolVar(&o.SkipDisk, "no-disk", false, "build vmlinuz and the initramfs only")
+	fs.BoolVar(&o.SkipDisk, "no-disk", false, "build no UEFI disk (vmlinuz, the initramfs and system.img only)")
 	fs.BoolVar(&asJSON, "json", false, "print the build report as JSON")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -37,11 +37,11 @@ func Main(ctx context.Context, args []string, stdout io.Writer) error {
 		return fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))
 	}
 	if packages == "none" {
-		o.NoSystemImage = true
+		o.NoPackages = true
 	} else {
 		o.Packages = splitList(packages)
 		if len(o.Packages) == 0 {
-			return fmt.Errorf("-packages: give packages, or none for no system image")
+			return fmt.Errorf("-packages: give packages, or none for a system image without Debian packages")
 		}
 	}
 	o.ExtraModules = splitList(modules)

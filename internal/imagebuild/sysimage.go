@@ -35,9 +35,12 @@ const (
 	// SystemImageFile is the system image in the output directory: the
 	// squashfs data, then the verity hash area (superblock and tree).
 	SystemImageFile = "system.img"
+	// CmdlineFile is the direct kernel boot's whole command line, root
+	// hash included, in the output directory (for -append "$(cat ...)").
+	CmdlineFile = "cmdline"
 	// UsrHashParam is the kernel command-line parameter that carries the
-	// system image's root hash. With it the node requires the image;
-	// without it the node has none.
+	// system image's root hash. A node without it halts: it runs its
+	// workload only from a verified system image.
 	UsrHashParam = "bulwark.usrhash"
 	// SystemImageSerial is the serial of the virtio disk that holds
 	// system.img on a direct kernel boot.
@@ -105,9 +108,9 @@ type SystemImage struct {
 	DataBytes  int64  `json:"data_bytes"`
 	HashBytes  int64  `json:"hash_bytes"`
 	Salt       string `json:"salt"`
-	// Cmdline is the kernel command-line argument that binds the image:
-	// the UEFI disk's loader entry carries it; a direct kernel boot
-	// appends it to the report's cmdline.
+	// Cmdline is the kernel command-line argument that binds the image;
+	// the report's cmdline (the direct kernel boot's, also out/cmdline)
+	// and the UEFI disk's loader entry end with it.
 	Cmdline    string `json:"cmdline"`
 	Filesystem string `json:"filesystem"`
 	// MountPoint is where the node mounts the image.
@@ -120,6 +123,9 @@ type SystemImage struct {
 	// Installed-Size of every package of the closure).
 	DebianInstalledBytes int64        `json:"debian_installed_bytes"`
 	Packages             []SysPackage `json:"packages"`
+	// Extra are the files that come from the build rather than from a
+	// package (Options.SystemFiles), with their digests.
+	Extra []Artifact `json:"extra_files,omitempty"`
 	// Dropped counts what the image leaves out of the packages it takes
 	// whole, by reason.
 	Dropped map[string]DropCount `json:"dropped"`
@@ -181,73 +187,17 @@ func (p *sysPkg) index() {
 // buildSystemImage builds dst (squashfs data, then the verity hash area)
 // from the packages, and returns its description and the verity result.
 func (o *Options) buildSystemImage(ctx context.Context, dst string) (*SystemImage, *verity.Result, error) {
-	refs, err := deb.ClosureCached(o.DebCache, o.Packages)
-	if err != nil {
-		return nil, nil, fmt.Errorf("imagebuild: system image: %w", err)
-	}
-	recs, err := deb.Show(refs)
-	if err != nil {
-		return nil, nil, fmt.Errorf("imagebuild: system image: %w", err)
-	}
-	var list []deb.Record
-	for _, r := range refs {
-		list = append(list, recs[r])
-	}
-	paths, err := deb.Fetch(o.DebCache, list)
-	if err != nil {
-		return nil, nil, fmt.Errorf("imagebuild: system image: %w", err)
-	}
-	requested := map[string]bool{}
-	for _, n := range o.Packages {
-		name, _, _ := strings.Cut(n, "=")
-		requested[name] = true
-	}
-	deb.SortRefs(refs)
-	var pkgs []*sysPkg
-	si := &SystemImage{File: dst, MountPoint: MountPoint, Dropped: map[string]DropCount{}}
-	for _, r := range refs {
-		p := &sysPkg{rec: recs[r], path: paths[r], requested: requested[r.Name]}
-		si.DebianInstalledBytes += p.rec.InstalledBytes
-		d, err := deb.Open(p.path)
-		if err != nil {
-			return nil, nil, err
-		}
-		p.control, err = d.Control()
-		d.Close()
-		if err != nil {
-			return nil, nil, err
-		}
-		p.index()
-		pkgs = append(pkgs, p)
-	}
-
-	var want []*sysPkg
-	for _, p := range pkgs {
-		if p.requested {
-			want = append(want, p)
-		}
-	}
-	if err := extractAll(want); err != nil {
-		return nil, nil, err
-	}
+	si := &SystemImage{File: dst, MountPoint: MountPoint, Dropped: map[string]DropCount{}, Packages: []SysPackage{}}
 	root := newSysTree()
-	for _, p := range want {
-		for _, name := range p.tree.paths() {
-			if name == "/usr" {
-				continue
-			}
-			e := p.tree.m[name]
-			if err := root.put(name, e); err != nil {
-				return nil, nil, fmt.Errorf("imagebuild: system image: %w", err)
-			}
-			p.count(e)
+	var pkgs []*sysPkg
+	if len(o.Packages) > 0 {
+		var err error
+		if pkgs, err = o.addPackages(si, root); err != nil {
+			return nil, nil, err
 		}
-		for why, c := range p.tree.dropped {
-			t := si.Dropped[why]
-			t.Files += c.Files
-			t.Bytes += c.Bytes
-			si.Dropped[why] = t
-		}
+	}
+	if err := o.addSystemFiles(si, root); err != nil {
+		return nil, nil, err
 	}
 
 	// Libraries: every ELF file's interpreter and DT_NEEDED libraries,
@@ -270,9 +220,11 @@ func (o *Options) buildSystemImage(ctx context.Context, dst string) (*SystemImag
 	if _, err := elfdeps.ResolveIn(root, elfs, sysLibDirs, missing); err != nil {
 		return nil, nil, fmt.Errorf("imagebuild: system image: %w", err)
 	}
-	for _, prefix := range dependencyData {
-		if err := provideData(root, pkgs, prefix); err != nil {
-			return nil, nil, fmt.Errorf("imagebuild: system image: %w", err)
+	if len(pkgs) > 0 {
+		for _, prefix := range dependencyData {
+			if err := provideData(root, pkgs, prefix); err != nil {
+				return nil, nil, fmt.Errorf("imagebuild: system image: %w", err)
+			}
 		}
 	}
 
@@ -289,6 +241,10 @@ func (o *Options) buildSystemImage(ctx context.Context, dst string) (*SystemImag
 		si.Packages = append(si.Packages, p.used)
 		si.Files += p.used.Files
 		si.FileBytes += p.used.Bytes
+	}
+	for _, a := range si.Extra {
+		si.Files++
+		si.FileBytes += a.Bytes
 	}
 
 	tool, err := o.mksquashfs(ctx, root, dst)
@@ -309,6 +265,113 @@ func (o *Options) buildSystemImage(ctx context.Context, dst string) (*SystemImag
 	}
 	si.Salt = hex.EncodeToString(sb.Salt)
 	return si, res, nil
+}
+
+// addSystemFiles puts Options.SystemFiles into the tree, in a stable
+// order, each a file of the build (not of any package) under /usr.
+func (o *Options) addSystemFiles(si *SystemImage, root *sysTree) error {
+	keys := make([]string, 0, len(o.SystemFiles))
+	for k := range o.SystemFiles {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	for _, dst := range keys {
+		if path.Clean(dst) != dst || !strings.HasPrefix(dst, MountPoint+"/") {
+			return fmt.Errorf("imagebuild: system image: extra file %q: not a clean path under %s", dst, MountPoint)
+		}
+		src := o.SystemFiles[dst]
+		st, err := os.Stat(src)
+		if err != nil {
+			return fmt.Errorf("imagebuild: system image: extra file %s: %w", dst, err)
+		}
+		if !st.Mode().IsRegular() {
+			return fmt.Errorf("imagebuild: system image: extra file %s: %s is not a regular file", dst, src)
+		}
+		b, err := os.ReadFile(src)
+		if err != nil {
+			return fmt.Errorf("imagebuild: system image: extra file %s: %w", dst, err)
+		}
+		if err := root.put(dst, &sysEntry{mode: st.Mode().Perm(), data: b, pkg: "the build"}); err != nil {
+			return fmt.Errorf("imagebuild: system image: %w", err)
+		}
+		sum := sha256.Sum256(b)
+		si.Extra = append(si.Extra, Artifact{Path: dst, Bytes: int64(len(b)), SHA256: hex.EncodeToString(sum[:])})
+	}
+	return nil
+}
+
+// addPackages puts the requested packages' files (less what the drop
+// rules name) into the tree and returns the whole closure, whose other
+// packages provide libraries.
+func (o *Options) addPackages(si *SystemImage, root *sysTree) ([]*sysPkg, error) {
+	refs, err := deb.ClosureCached(o.DebCache, o.Packages)
+	if err != nil {
+		return nil, fmt.Errorf("imagebuild: system image: %w", err)
+	}
+	recs, err := deb.Show(refs)
+	if err != nil {
+		return nil, fmt.Errorf("imagebuild: system image: %w", err)
+	}
+	var list []deb.Record
+	for _, r := range refs {
+		list = append(list, recs[r])
+	}
+	paths, err := deb.Fetch(o.DebCache, list)
+	if err != nil {
+		return nil, fmt.Errorf("imagebuild: system image: %w", err)
+	}
+	requested := map[string]bool{}
+	for _, n := range o.Packages {
+		name, _, _ := strings.Cut(n, "=")
+		requested[name] = true
+	}
+	deb.SortRefs(refs)
+	var pkgs []*sysPkg
+	for _, r := range refs {
+		p := &sysPkg{rec: recs[r], path: paths[r], requested: requested[r.Name]}
+		si.DebianInstalledBytes += p.rec.InstalledBytes
+		d, err := deb.Open(p.path)
+		if err != nil {
+			return nil, err
+		}
+		p.control, err = d.Control()
+		d.Close()
+		if err != nil {
+			return nil, err
+		}
+		p.index()
+		pkgs = append(pkgs, p)
+	}
+
+	var want []*sysPkg
+	for _, p := range pkgs {
+		if p.requested {
+			want = append(want, p)
+		}
+	}
+	if err := extractAll(want); err != nil {
+		return nil, err
+	}
+	for _, p := range want {
+		for _, name := range p.tree.paths() {
+			if name == "/usr" {
+				continue
+			}
+			e := p.tree.m[name]
+			if err := root.put(name, e); err != nil {
+				return nil, fmt.Errorf("imagebuild: system image: %w", err)
+			}
+			p.count(e)
+		}
+		for why, c := range p.tree.dropped {
+			t := si.Dropped[why]
+			t.Files += c.Files
+			t.Bytes += c.Bytes
+			si.Dropped[why] = t
+		}
+	}
+
+	return pkgs, nil
 }
 
 func (p *sysPkg) count(e *sysEntry) {

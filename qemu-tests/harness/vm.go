@@ -29,7 +29,10 @@ const (
 // Image locates a built image (make image writes out/).
 type Image struct {
 	Kernel, Initramfs, Disk string
-	Cmdline                 string
+	// System is the system image (system.img) a direct kernel boot
+	// attaches; Cmdline carries its root hash.
+	System  string
+	Cmdline string
 }
 
 // ImageFromDir returns the image in dir; BULWARK_OUT overrides the default
@@ -42,8 +45,9 @@ func ImageFromDir(dir string) (Image, error) {
 		Kernel:    filepath.Join(dir, "vmlinuz"),
 		Initramfs: filepath.Join(dir, "initramfs.img"),
 		Disk:      filepath.Join(dir, "bulwark.img"),
+		System:    filepath.Join(dir, "system.img"),
 	}
-	for _, f := range []string{img.Kernel, img.Initramfs, img.Disk} {
+	for _, f := range []string{img.Kernel, img.Initramfs, img.Disk, img.System} {
 		if _, err := os.Stat(f); err != nil {
 			return img, fmt.Errorf("image not built (run make image): %w", err)
 		}
@@ -55,8 +59,8 @@ func ImageFromDir(dir string) (Image, error) {
 		_ = json.Unmarshal(b, &rep)
 	}
 	img.Cmdline = rep.Cmdline
-	if img.Cmdline == "" {
-		img.Cmdline = "console=ttyS0,115200 panic=-1 quiet"
+	if !strings.Contains(img.Cmdline, "bulwark.usrhash=") {
+		return img, fmt.Errorf("%s: the build report's command line %q has no system image root hash (run make image)", dir, img.Cmdline)
 	}
 	return img, nil
 }
@@ -85,6 +89,9 @@ type Options struct {
 	ExpectFatal bool
 	MemoryMiB   int
 	ExtraArgs   []string
+	// NoSystemDisk leaves the system image off a direct kernel boot
+	// (which attaches Image.System as the read-only disk bulwark-system).
+	NoSystemDisk bool
 	// Echo, when set, receives each console line as it arrives.
 	Echo io.Writer
 	// TPM attaches a TPM 2.0 (tpm-crb) backed by an swtpm process that the
@@ -215,6 +222,11 @@ func (vm *VM) args() ([]string, error) {
 	for i, d := range o.Disks {
 		a = append(a, "-drive", fmt.Sprintf("if=none,id=data%d,format=raw,file=%s", i, d),
 			"-device", fmt.Sprintf("virtio-blk-pci,drive=data%d,serial=data%d", i, i))
+	}
+	// After the data disks, so that their names stay vda, vdb, ...
+	if !o.UEFI && !o.NoSystemDisk && o.Image.System != "" {
+		a = append(a, "-drive", "if=none,id=sys,format=raw,readonly=on,file="+o.Image.System,
+			"-device", "virtio-blk-pci,drive=sys,serial=bulwark-system")
 	}
 	if o.TPM {
 		sock, err := vm.startSwtpm()

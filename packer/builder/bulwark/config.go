@@ -62,8 +62,10 @@ type Config struct {
 	// JIT, and the shared libraries they need. Default
 	// `["postgresql-15", "postgresql-15-pgaudit"]`.
 	Packages []string `mapstructure:"packages"`
-	// Build no system image (the node then boots without one).
-	NoSystemImage bool `mapstructure:"no_system_image"`
+	// A system image without Debian packages: only bulwark's own files
+	// (for a workload that is one static program). Every node boots with
+	// a system image; there is no image without one.
+	NoPackages bool `mapstructure:"no_packages"`
 	// The directory keeping the fetched .deb files. Default
 	// `~/.cache/bulwark/debs`.
 	DebCache string `mapstructure:"deb_cache"`
@@ -145,8 +147,8 @@ func (c *Config) Prepare(raws ...interface{}) ([]string, error) {
 			add(fmt.Sprintf("formats[%d]", i), "%q is not raw or qcow2", f)
 		}
 	}
-	if c.NoSystemImage && len(c.Packages) > 0 {
-		add("packages", "given with no_system_image = true")
+	if c.NoPackages && len(c.Packages) > 0 {
+		add("packages", "given with no_packages = true")
 	}
 	for i, p := range c.Packages {
 		if err := deb.CheckName(p); err != nil {
@@ -165,7 +167,7 @@ func (c *Config) Prepare(raws ...interface{}) ([]string, error) {
 		OutDir: c.OutputDir, Root: c.Root, KernelVersion: c.KernelVersion, KernelPath: c.KernelPath,
 		ExtraModules: c.ExtraModules, ExtraTools: c.ExtraTools, ExtraFiles: c.ExtraFiles,
 		CmdlineExtra: c.CmdlineExtra, DiskSize: int64(c.DiskSizeMiB) << 20, Formats: c.Formats,
-		SourceDir: c.SourceDir, Packages: c.Packages, NoSystemImage: c.NoSystemImage, DebCache: c.DebCache,
+		SourceDir: c.SourceDir, Packages: c.Packages, NoPackages: c.NoPackages, DebCache: c.DebCache,
 	}
 	if err := c.opts.Prepare(); err != nil {
 		field := "kernel_version"

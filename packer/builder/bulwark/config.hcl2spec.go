@@ -30,7 +30,7 @@ type FlatConfig struct {
 	Formats             []string          `mapstructure:"formats" cty:"formats" hcl:"formats"`
 	SourceDir           *string           `mapstructure:"source_dir" cty:"source_dir" hcl:"source_dir"`
 	Packages            []string          `mapstructure:"packages" cty:"packages" hcl:"packages"`
-	NoSystemImage       *bool             `mapstructure:"no_system_image" cty:"no_system_image" hcl:"no_system_image"`
+	NoPackages          *bool             `mapstructure:"no_packages" cty:"no_packages" hcl:"no_packages"`
 	DebCache            *string           `mapstructure:"deb_cache" cty:"deb_cache" hcl:"deb_cache"`
 }
 
@@ -66,7 +66,7 @@ func (*FlatConfig) HCL2Spec() map[string]hcldec.Spec {
 		"formats":                    &hcldec.AttrSpec{Name: "formats", Type: cty.List(cty.String), Required: false},
 		"source_dir":                 &hcldec.AttrSpec{Name: "source_dir", Type: cty.String, Required: false},
 		"packages":                   &hcldec.AttrSpec{Name: "packages", Type: cty.List(cty.String), Required: false},
-		"no_system_image":            &hcldec.AttrSpec{Name: "no_system_image", Type: cty.Bool, Required: false},
+		"no_packages":                &hcldec.AttrSpec{Name: "no_packages", Type: cty.Bool, Required: false},
 		"deb_cache":                  &hcldec.AttrSpec{Name: "deb_cache", Type: cty.String, Required: false},
 	}
 	return s

@@ -47,7 +47,7 @@ func TestPrepare(t *testing.T) {
 	}
 	// The system image's packages reach the build; the default is the
 	// build's own.
-	if strings.Join(c.opts.Packages, ",") != "postgresql-15,postgresql-15-pgaudit" || c.opts.NoSystemImage {
+	if strings.Join(c.opts.Packages, ",") != "postgresql-15,postgresql-15-pgaudit" || c.opts.NoPackages {
 		t.Errorf("default packages: %q", c.opts.Packages)
 	}
 	raw := good()
@@ -56,14 +56,14 @@ func TestPrepare(t *testing.T) {
 	if _, err := c.Prepare(raw); err != nil || len(c.opts.Packages) != 3 {
 		t.Errorf("packages: %q, %v", c.opts.Packages, err)
 	}
-	raw["no_system_image"] = true
-	if _, err := new(Config).Prepare(raw); err == nil || !strings.Contains(err.Error(), "packages: given with no_system_image") {
-		t.Errorf("packages with no_system_image: %v", err)
+	raw["no_packages"] = true
+	if _, err := new(Config).Prepare(raw); err == nil || !strings.Contains(err.Error(), "packages: given with no_packages") {
+		t.Errorf("packages with no_packages: %v", err)
 	}
 	delete(raw, "packages")
 	c = Config{}
-	if _, err := c.Prepare(raw); err != nil || !c.opts.NoSystemImage {
-		t.Errorf("no_system_image: %+v, %v", c.opts, err)
+	if _, err := c.Prepare(raw); err != nil || !c.opts.NoPackages {
+		t.Errorf("no_packages: %+v, %v", c.opts, err)
 	}
 	// An existing output directory needs -force.
 	raw = good()
