@@ -7,6 +7,8 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/bulwarkvm/bulwark/internal/kmod"
 )
 
@@ -33,7 +35,15 @@ func loadModules(b *boot) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	if b.modules, err = kmod.NewLoader(dir); err != nil {
+	// The usr stage covers the initramfs's /usr (and so /lib/modules)
+	// with the system image, possibly while the background modules still
+	// load: the loader reaches the modules through a descriptor of their
+	// directory, which the mount does not hide, rather than by name.
+	fd, err := unix.Open(dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return "", fmt.Errorf("modules: %s: %w", dir, err)
+	}
+	if b.modules, err = kmod.NewLoader(fmt.Sprintf("/proc/self/fd/%d", fd)); err != nil {
 		return "", err
 	}
 	early, onDemand, background := kmod.Split(mods)

@@ -80,11 +80,7 @@ func setUpSystemImage(b *boot) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	// dm-verity and squashfs are background modules.
-	waited, err := b.awaitModules()
-	if err != nil {
-		return "", err
-	}
+	// dm-verity and squashfs are early modules (internal/kmod): loaded.
 	si, err := findSystemImage("/sys", root)
 	if err != nil {
 		return "", err
@@ -106,8 +102,8 @@ func setUpSystemImage(b *boot) (string, error) {
 	}
 	sysImg = si
 	b.goSafe("system image watch", func() { si.watch(b) })
-	return fmt.Sprintf("root hash %s…, %s, %s of data; verified on read%s",
-		hex.EncodeToString(root[:8]), si.where, humanBytes(int64(si.sb.DataBlocks)*verity.BlockSize), waitedNote(waited)), nil
+	return fmt.Sprintf("root hash %s…, %s, %s of data; verified on read",
+		hex.EncodeToString(root[:8]), si.where, humanBytes(int64(si.sb.DataBlocks)*verity.BlockSize)), nil
 }
 
 // mountSystemUsr moves the system image onto /usr, after the volumes

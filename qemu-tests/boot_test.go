@@ -46,6 +46,15 @@ func TestDirectBoot(t *testing.T) {
 	if strings.Contains(console, "config volume modules loaded") {
 		t.Errorf("a node configured through fw_cfg loaded the config volume's modules")
 	}
+	// This node needs no background module before ready, so some load
+	// after the usr stage has covered the initramfs's /usr (and
+	// /lib/modules) with the system image: every one must still load.
+	vm.MustWaitFor(`^bulwark: background modules loaded: `, 30*time.Second)
+	for _, l := range vm.Lines() {
+		if strings.Contains(l.Text, "module not loaded") {
+			t.Errorf("%s", l.Text)
+		}
+	}
 
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()

@@ -52,9 +52,11 @@ var Modules = []Module{
 	{Name: "crc32c_generic", Why: "ext4 metadata checksums; libcrc32c (under nf_conntrack) needs it when it loads"},
 	{Name: "crc32c_intel", Optional: true, Why: "faster crc32c"},
 	{Name: "ext4", Background: true, Why: "data volume filesystem"},
-	{Name: "dm_verity", Background: true, Why: "the verified system image (dm-verity)"},
-	{Name: "sha256_ssse3", Background: true, Optional: true, Why: "faster SHA-256 for dm-verity"},
-	{Name: "squashfs", Background: true, Why: "the system image's file system"},
+	// Early, not in the background: every node maps its system image
+	// right after the network, before the background set is done.
+	{Name: "dm_verity", Why: "the verified system image (dm-verity)"},
+	{Name: "sha256_ssse3", Optional: true, Why: "faster SHA-256 for dm-verity"},
+	{Name: "squashfs", Why: "the system image's file system"},
 	{Name: "nls_cp437", OnDemand: true, Why: "vfat config volume"},
 	{Name: "nls_ascii", OnDemand: true, Why: "vfat config volume"},
 	{Name: "nls_utf8", OnDemand: true, Why: "vfat config volume"},
