@@ -16,6 +16,7 @@ import (
 
 	"github.com/bulwarkvm/bulwark/internal/backup"
 	"github.com/bulwarkvm/bulwark/internal/objstore"
+	"github.com/bulwarkvm/bulwark/internal/objstore/s3"
 	"github.com/bulwarkvm/bulwark/internal/pki"
 )
 
@@ -140,7 +141,7 @@ func (f *storeFlags) open(ctx context.Context) (objstore.Store, error) {
 			return nil, fmt.Errorf("--ca %s: %w", f.ca, err)
 		}
 	}
-	return objstore.NewS3(ctx, objstore.S3Options{
+	return s3.New(ctx, s3.Options{
 		Endpoint: f.endpoint, AllowHTTP: f.allowHTTP, Bucket: u.Host, Prefix: u.Path, RootCAs: roots,
 		Region: f.region, AccessKey: os.Getenv("AWS_ACCESS_KEY_ID"), SecretKey: os.Getenv("AWS_SECRET_ACCESS_KEY"),
 	})

@@ -12,8 +12,8 @@ import (
 	"time"
 
 	"github.com/bulwarkvm/bulwark/internal/backup"
-	"github.com/bulwarkvm/bulwark/internal/objstore"
 	"github.com/bulwarkvm/bulwark/internal/objstore/miniotest"
+	"github.com/bulwarkvm/bulwark/internal/objstore/s3"
 )
 
 // TestBackupCLI: keygen, a tree backup to MinIO, then list, verify and
@@ -41,7 +41,7 @@ func TestBackupCLI(t *testing.T) {
 	t.Setenv("AWS_ACCESS_KEY_ID", miniotest.AccessKey)
 	t.Setenv("AWS_SECRET_ACCESS_KEY", miniotest.SecretKey)
 	ctx := context.Background()
-	st, err := objstore.NewS3(ctx, objstore.S3Options{Endpoint: srv.Endpoint(), AllowHTTP: true, Bucket: "bkp", Prefix: "p", Region: "eu-north-1", AccessKey: miniotest.AccessKey, SecretKey: miniotest.SecretKey, PartSize: 5 << 20})
+	st, err := s3.New(ctx, s3.Options{Endpoint: srv.Endpoint(), AllowHTTP: true, Bucket: "bkp", Prefix: "p", Region: "eu-north-1", AccessKey: miniotest.AccessKey, SecretKey: miniotest.SecretKey, PartSize: 5 << 20})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -118,7 +118,7 @@ func TestSpoolAndCommandFailures(t *testing.T) {
 	srv := miniotest.Start(t, miniotest.Options{Region: "r1"})
 	srv.MakeBucket(t, "bkp")
 	ctx := context.Background()
-	st, err := objstore.NewS3(ctx, objstore.S3Options{Endpoint: srv.Endpoint(), AllowHTTP: true, Bucket: "bkp", Region: "r1", AccessKey: miniotest.AccessKey, SecretKey: miniotest.SecretKey, Attempts: 2, Backoff: 50 * time.Millisecond})
+	st, err := s3.New(ctx, s3.Options{Endpoint: srv.Endpoint(), AllowHTTP: true, Bucket: "bkp", Region: "r1", AccessKey: miniotest.AccessKey, SecretKey: miniotest.SecretKey, Attempts: 2, Backoff: 50 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,6 +1,8 @@
 // Package objstore stores backup objects: in a local directory (the
 // default, also what the host side uses for tests and restores from a
-// copy) or in an S3 bucket in the node's own region.
+// copy) or, through internal/objstore/s3, in an S3 bucket in the node's
+// own region. This package does not import the S3 client, so that what
+// imports it for the directory store or the interface does not link it.
 package objstore
 
 import (
@@ -70,6 +72,15 @@ func Retry(ctx context.Context, attempts int, first time.Duration, op func() err
 		}
 		wait *= 2
 	}
+}
+
+// Permanent marks err as one that retrying cannot fix: Retry returns it
+// at once. Stores outside this package (internal/objstore/s3) use it.
+func Permanent(err error) error {
+	if err == nil {
+		return nil
+	}
+	return permanent{err}
 }
 
 // permanent marks an error that retrying cannot fix.

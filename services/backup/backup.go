@@ -30,6 +30,7 @@ import (
 	"github.com/bulwarkvm/bulwark/internal/config"
 	"github.com/bulwarkvm/bulwark/internal/control"
 	"github.com/bulwarkvm/bulwark/internal/objstore"
+	"github.com/bulwarkvm/bulwark/internal/objstore/s3"
 	"github.com/bulwarkvm/bulwark/internal/pki"
 	"github.com/bulwarkvm/bulwark/internal/safego"
 	"github.com/bulwarkvm/bulwark/internal/sandbox"
@@ -271,7 +272,7 @@ func (r *rounds) check(ctx context.Context) Check {
 	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 	defer cancel()
 	st, err := r.store(ctx)
-	var re *objstore.RegionError
+	var re *s3.RegionError
 	switch {
 	case errors.As(err, &re):
 		return Check{RegionError: err.Error()}
@@ -301,9 +302,11 @@ func (r *rounds) store(ctx context.Context) (objstore.Store, error) {
 				return nil, err
 			}
 		}
-		st, err = objstore.NewS3(ctx, objstore.S3Options{
+		st, err = s3.New(ctx, s3.Options{
 			Endpoint: c.Endpoint, AllowHTTP: c.AllowHTTP, Bucket: c.Bucket, Prefix: c.Prefix,
-			Region: r.cfg.Backup.Region, AccessKey: c.AccessKey, SecretKey: c.SecretKey, RootCAs: roots,
+			Region: r.cfg.Backup.Region, AccessKey: c.AccessKey, SecretKey: c.SecretKey, SessionToken: c.SessionToken,
+			InstanceRole: c.Credentials == "instance_role", VirtualHosted: c.Addressing == "virtual",
+			ExpectedBucketOwner: c.ExpectedBucketOwner, RootCAs: roots,
 		})
 	}
 	if err != nil {

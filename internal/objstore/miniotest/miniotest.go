@@ -20,7 +20,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/bulwarkvm/bulwark/internal/objstore"
+	"github.com/bulwarkvm/bulwark/internal/objstore/s3"
 	"github.com/bulwarkvm/bulwark/internal/proc"
 )
 
@@ -61,6 +61,9 @@ type Server struct {
 	dir    string
 	certs  string // the certificate directory, for https
 	netns  string
+	domain string
+	dial   func(ctx context.Context, network, addr string) (net.Conn, error)
+	roots  *x509.CertPool
 	client *http.Client
 	mu     sync.Mutex
 	cmd    *exec.Cmd
@@ -80,6 +83,10 @@ type Options struct {
 	// trust it.
 	TLSCert, TLSKey []byte
 	Roots           *x509.CertPool
+	// Domain, when set, is the server's MINIO_DOMAIN: it then also
+	// serves virtual-hosted requests, the bucket in the host name
+	// (BUCKET.Domain).
+	Domain string
 }
 
 // Start starts a server and waits until it reports itself ready to serve
@@ -104,7 +111,7 @@ func Start(t T, o Options) *Server {
 		t.Fatalf("%v", err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	s := &Server{t: t, Addr: o.Addr, Region: o.Region, dir: dir, netns: o.Netns, client: &http.Client{Transport: tr, Timeout: 5 * time.Second}}
+	s := &Server{t: t, Addr: o.Addr, Region: o.Region, dir: dir, netns: o.Netns, domain: o.Domain, dial: o.Dial, roots: o.Roots, client: &http.Client{Transport: tr, Timeout: 5 * time.Second}}
 	if o.TLSCert != nil {
 		// MinIO reads public.crt and private.key from its certificate
 		// directory, kept outside the data directory.
@@ -162,6 +169,9 @@ func (s *Server) Restart() {
 	cmd := exec.Command(args[0], args[1:]...)
 	cmd.Env = append(os.Environ(), "MINIO_ROOT_USER="+AccessKey, "MINIO_ROOT_PASSWORD="+SecretKey,
 		"MINIO_REGION="+s.Region, "MINIO_SITE_REGION="+s.Region, "MINIO_BROWSER=off", "MINIO_UPDATE=off", "HOME="+s.dir)
+	if s.domain != "" {
+		cmd.Env = append(cmd.Env, "MINIO_DOMAIN="+s.domain)
+	}
 	var log strings.Builder
 	cmd.Stdout, cmd.Stderr = &log, &log
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -195,16 +205,17 @@ func (s *Server) Restart() {
 // MakeBucket creates a bucket in the server's region.
 func (s *Server) MakeBucket(t T, name string) {
 	t.Helper()
-	o := objstore.S3Options{Endpoint: s.Endpoint(), AllowHTTP: true, Bucket: name, Region: s.Region, AccessKey: AccessKey, SecretKey: SecretKey, Transport: s.client.Transport}
-	if err := objstore.CreateBucket(context.Background(), o); err != nil {
+	o := s3.Options{Endpoint: s.Endpoint(), AllowHTTP: true, Bucket: name, Region: s.Region, AccessKey: AccessKey, SecretKey: SecretKey,
+		DialContext: s.dial, RootCAs: s.roots}
+	if err := s3.CreateBucket(context.Background(), o); err != nil {
 		t.Fatalf("making bucket %s: %v", name, err)
 	}
 	// MinIO can answer ready before its region setting applies, and
 	// then reports the bucket in us-east-1 for a moment (seen once in
 	// CI): wait until the bucket is in the server's region.
-	var re *objstore.RegionError
+	var re *s3.RegionError
 	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(200 * time.Millisecond) {
-		_, err := objstore.NewS3(context.Background(), o)
+		_, err := s3.New(context.Background(), o)
 		if err == nil {
 			return
 		}

@@ -1,4 +1,4 @@
-package objstore_test
+package s3_test
 
 import (
 	"context"
@@ -6,11 +6,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/bulwarkvm/bulwark/internal/objstore"
+	"github.com/bulwarkvm/bulwark/internal/objstore/s3"
 )
 
 // TestS3EndpointUserinfoNotEchoed: an endpoint with user information is
-// refused before anything is sent, and neither NewS3's nor CreateBucket's
+// refused before anything is sent, and neither New's nor CreateBucket's
 // error holds any of it. (Port 1 on loopback refuses connections, so an
 // endpoint that were accepted would fail at the bucket lookup and show
 // what that error says.)
@@ -24,11 +24,11 @@ func TestS3EndpointUserinfoNotEchoed(t *testing.T) {
 		"ftp://AKIAUSER:hunter2secret@127.0.0.1:1",
 		"AKIAUSER:hunter2secret@127.0.0.1:1",
 	} {
-		o := objstore.S3Options{Endpoint: ep, AllowHTTP: true, Bucket: "bkt", Region: "r", AccessKey: "a", SecretKey: "s",
+		o := s3.Options{Endpoint: ep, AllowHTTP: true, Bucket: "bkt", Region: "r", AccessKey: "a", SecretKey: "s",
 			Attempts: 1, Backoff: time.Millisecond}
-		_, err := objstore.NewS3(context.Background(), o)
-		cerr := objstore.CreateBucket(context.Background(), o)
-		for name, err := range map[string]error{"NewS3": err, "CreateBucket": cerr} {
+		_, err := s3.New(context.Background(), o)
+		cerr := s3.CreateBucket(context.Background(), o)
+		for name, err := range map[string]error{"New": err, "CreateBucket": cerr} {
 			if err == nil {
 				t.Errorf("%s(%s): accepted", name, ep)
 				continue

@@ -1,4 +1,4 @@
-package objstore_test
+package s3_test
 
 import (
 	"bytes"
@@ -15,44 +15,52 @@ import (
 
 	"github.com/bulwarkvm/bulwark/internal/objstore"
 	"github.com/bulwarkvm/bulwark/internal/objstore/miniotest"
+	"github.com/bulwarkvm/bulwark/internal/objstore/s3"
 	"github.com/bulwarkvm/bulwark/internal/pki"
 )
 
-func s3Options(srv *miniotest.Server, bucket, region string) objstore.S3Options {
-	return objstore.S3Options{
+func s3Options(srv *miniotest.Server, bucket, region string) s3.Options {
+	return s3.Options{
 		Endpoint: srv.Endpoint(), AllowHTTP: true, Bucket: bucket, Prefix: "backups",
 		Region: region, AccessKey: miniotest.AccessKey, SecretKey: miniotest.SecretKey,
 		PartSize: 5 << 20, Attempts: 8, Backoff: 500 * time.Millisecond,
 	}
 }
 
+// TestS3 runs the store against a real MinIO server: region pinning,
+// consent to plain http, the operations with multipart uploads, names
+// that need encoding, listings in pages, a permanent error without
+// retries, and retries across a server restart and a server gone.
 func TestS3(t *testing.T) {
 	srv := miniotest.Start(t, miniotest.Options{Region: "eu-north-1"})
 	srv.MakeBucket(t, "bulwark")
 	ctx := context.Background()
 
 	t.Run("region pinning", func(t *testing.T) {
-		_, err := objstore.NewS3(ctx, s3Options(srv, "bulwark", "us-east-1"))
-		var re *objstore.RegionError
-		if !errors.As(err, &re) || re.BucketRegion != "eu-north-1" || !strings.Contains(err.Error(), `this node is in region "us-east-1"`) {
-			t.Fatalf("a bucket in another region: %v", err)
+		for _, node := range []string{"us-east-1", "r1"} {
+			_, err := s3.New(ctx, s3Options(srv, "bulwark", node))
+			var re *s3.RegionError
+			if !errors.As(err, &re) || re.BucketRegion != "eu-north-1" || !strings.Contains(err.Error(), `this node is in region "`+node+`"`) ||
+				!strings.Contains(err.Error(), `is in region "eu-north-1"`) {
+				t.Fatalf("node in %s, a bucket in eu-north-1: %v", node, err)
+			}
 		}
 	})
 	t.Run("plain http needs consent", func(t *testing.T) {
 		o := s3Options(srv, "bulwark", "eu-north-1")
 		o.AllowHTTP = false
-		if _, err := objstore.NewS3(ctx, o); err == nil || !strings.Contains(err.Error(), "allow_http") {
+		if _, err := s3.New(ctx, o); err == nil || !strings.Contains(err.Error(), "allow_http") {
 			t.Fatalf("plain http accepted: %v", err)
 		}
 	})
 	t.Run("missing bucket", func(t *testing.T) {
-		_, err := objstore.NewS3(ctx, s3Options(srv, "nope", "eu-north-1"))
-		if err == nil || !strings.Contains(err.Error(), `bucket "nope"`) {
+		_, err := s3.New(ctx, s3Options(srv, "nope", "eu-north-1"))
+		if err == nil || !strings.Contains(err.Error(), `bucket "nope"`) || !strings.Contains(err.Error(), "NoSuchBucket") {
 			t.Fatalf("%v", err)
 		}
 	})
 
-	st, err := objstore.NewS3(ctx, s3Options(srv, "bulwark", "eu-north-1"))
+	st, err := s3.New(ctx, s3Options(srv, "bulwark", "eu-north-1"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -89,6 +97,21 @@ func TestS3(t *testing.T) {
 			t.Fatal("a name with .. accepted")
 		}
 	})
+	t.Run("a short reader is not stored", func(t *testing.T) {
+		for _, n := range []int{100, 6 << 20} { // one PUT, multipart
+			data := make([]byte, n)
+			start := time.Now()
+			if err := st.Put(ctx, "n/5/short", bytes.NewReader(data[:n-1]), int64(n)); err == nil {
+				t.Errorf("%d bytes announced, %d given: stored", n, n-1)
+			}
+			if d := time.Since(start); d > 2*time.Second {
+				t.Errorf("%d bytes announced, %d given: failing took %s (retried?)", n, n-1, d)
+			}
+		}
+		if _, err := st.Get(ctx, "n/5/short"); !errors.Is(err, objstore.ErrNotFound) {
+			t.Fatalf("after short uploads: %v", err)
+		}
+	})
 	t.Run("names that need encoding, and listings in pages", func(t *testing.T) {
 		names := []string{"n/4/a b", "n/4/a+b", "n/4/c=d&e", "n/4/x~y", "n/4/ü"}
 		for _, n := range names {
@@ -96,8 +119,8 @@ func TestS3(t *testing.T) {
 				t.Fatalf("%q: %v", n, err)
 			}
 		}
-		objstore.SetListPage(st, 2)
-		defer objstore.SetListPage(st, 0)
+		s3.SetListPage(st, 2)
+		defer s3.SetListPage(st, 0)
 		objs, err := st.List(ctx, "n/4/")
 		if err != nil || len(objs) != len(names) {
 			t.Fatalf("List in pages of 2: %+v %v", objs, err)
@@ -124,7 +147,7 @@ func TestS3(t *testing.T) {
 		o := s3Options(srv, "bulwark", "eu-north-1")
 		o.SecretKey = "not-the-secret"
 		start := time.Now()
-		_, err := objstore.NewS3(ctx, o)
+		_, err := s3.New(ctx, o)
 		if err == nil || !strings.Contains(err.Error(), "SignatureDoesNotMatch") || strings.Contains(err.Error(), "attempts") {
 			t.Fatalf("want SignatureDoesNotMatch without retries, got %v", err)
 		}
@@ -133,6 +156,18 @@ func TestS3(t *testing.T) {
 		}
 		if d := time.Since(start); d > 2*time.Second {
 			t.Errorf("a permanent error took %s: retried?", d)
+		}
+		// And on an upload through a store whose key was good at first.
+		o.SecretKey = miniotest.SecretKey
+		good, err := s3.New(ctx, o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		bad := s3.WithSecret(good, "not-the-secret")
+		start = time.Now()
+		err = bad.Put(ctx, "n/6/x", strings.NewReader("x"), 1)
+		if err == nil || !strings.Contains(err.Error(), "SignatureDoesNotMatch") || strings.Contains(err.Error(), "attempts") || time.Since(start) > 2*time.Second {
+			t.Fatalf("upload with a wrong secret: %v after %s", err, time.Since(start))
 		}
 	})
 	t.Run("server killed during a multipart upload", func(t *testing.T) {
@@ -169,7 +204,7 @@ func TestS3(t *testing.T) {
 	t.Run("server gone for good", func(t *testing.T) {
 		o := s3Options(srv, "bulwark", "eu-north-1")
 		o.Attempts, o.Backoff = 3, 100*time.Millisecond
-		st, err := objstore.NewS3(ctx, o)
+		st, err := s3.New(ctx, o)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -202,32 +237,6 @@ func (t *tripReader) Read(p []byte) (int, error) {
 
 func (t *tripReader) Seek(off int64, whence int) (int64, error) { return t.r.Seek(off, whence) }
 
-func TestDir(t *testing.T) {
-	st, err := objstore.NewDir(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx := context.Background()
-	if err := st.Put(ctx, "a/b/c", strings.NewReader("hello"), 5); err != nil {
-		t.Fatal(err)
-	}
-	if err := st.Put(ctx, "a/b/d", strings.NewReader("hello"), 6); err == nil {
-		t.Fatal("a short read was stored")
-	}
-	objs, err := st.List(ctx, "a/")
-	if err != nil || len(objs) != 1 || objs[0].Name != "a/b/c" {
-		t.Fatalf("%+v %v", objs, err)
-	}
-	for _, bad := range []string{"", "/etc/passwd", "../x", "a/../../x", "a//b"} {
-		if err := st.Put(ctx, bad, strings.NewReader(""), 0); err == nil {
-			t.Errorf("name %q accepted", bad)
-		}
-	}
-	if _, err := st.Get(ctx, "a/none"); !errors.Is(err, objstore.ErrNotFound) {
-		t.Fatal(err)
-	}
-}
-
 // TestS3TLS: an https endpoint is trusted through the given CA only.
 func TestS3TLS(t *testing.T) {
 	ca, err := pki.Init(t.TempDir(), "s3", pki.ECDSAP256)
@@ -252,11 +261,16 @@ func TestS3TLS(t *testing.T) {
 	}
 
 	o.RootCAs = roots
-	st, err := objstore.NewS3(ctx, o)
+	st, err := s3.New(ctx, o)
 	if err != nil {
 		t.Fatal(err)
 	}
+	data := make([]byte, 6<<20) // a multipart upload over https too
+	rand.Read(data)
 	if err := st.Put(ctx, "n/1/m", strings.NewReader("over tls"), 8); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Put(ctx, "n/1/big", bytes.NewReader(data), int64(len(data))); err != nil {
 		t.Fatal(err)
 	}
 
@@ -267,7 +281,7 @@ func TestS3TLS(t *testing.T) {
 	otherRoots, _ := pki.ParsePool(other.PEM)
 	for name, r := range map[string]*x509.CertPool{"another CA": otherRoots, "the system's roots": nil} {
 		o.RootCAs = r
-		if _, err := objstore.NewS3(ctx, o); err == nil || !strings.Contains(err.Error(), "certificate") {
+		if _, err := s3.New(ctx, o); err == nil || !strings.Contains(err.Error(), "certificate") {
 			t.Errorf("%s: want a certificate error, got %v", name, err)
 		}
 	}
