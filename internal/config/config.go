@@ -85,8 +85,23 @@ type S3 struct {
 	AllowHTTP bool   `json:"allow_http,omitempty"`
 	Bucket    string `json:"bucket"`
 	Prefix    string `json:"prefix,omitempty"`
-	AccessKey string `json:"access_key"`
-	SecretKey string `json:"secret_key"`
+	// Credentials is "static" (the default: AccessKey, SecretKey and,
+	// for temporary STS credentials, SessionToken) or "instance_role"
+	// (the EC2 instance role's, from the metadata service through
+	// IMDSv2, which firewall.egress.metadata must open to the backup
+	// process's uid; the three static fields are then absent).
+	Credentials  string `json:"credentials,omitempty"`
+	AccessKey    string `json:"access_key,omitempty"`
+	SecretKey    string `json:"secret_key,omitempty"`
+	SessionToken string `json:"session_token,omitempty"`
+	// Addressing is "path" (the default: https://host/bucket/key, what
+	// MinIO and most S3-compatible services need) or "virtual"
+	// (virtual-hosted: https://bucket.host/key).
+	Addressing string `json:"addressing,omitempty"`
+	// ExpectedBucketOwner is the AWS account id (12 digits) that must own
+	// the bucket, sent signed as x-amz-expected-bucket-owner on every
+	// request.
+	ExpectedBucketOwner string `json:"expected_bucket_owner,omitempty"`
 	// CA holds the PEM certificates that anchor the endpoint's TLS
 	// certificate: the image carries no system root store, so an https
 	// endpoint names its trust anchors here.

@@ -225,3 +225,49 @@ func TestBackupSection(t *testing.T) {
 		t.Errorf("2048-bit key: %v", err)
 	}
 }
+
+// TestS3CredentialsAndAddressing: the S3 fields added with the minio-go
+// client (credentials, session_token, addressing, expected_bucket_owner)
+// are accepted in their valid forms and refused otherwise, naming the
+// field.
+func TestS3CredentialsAndAddressing(t *testing.T) {
+	ca := s3CA(t)
+	doc := func(s3, metadata string) string {
+		d := backupDoc(t, 3072, `+"region":"r","store":{"s3":{`+s3+`,"ca":`+ca+`}},"sources":[{"kind":"tree","path":"/data"}]`)
+		if metadata != "" {
+			d = strings.Replace(d, `"egress":{`, `"egress":{"metadata":`+metadata+`,`, 1)
+		}
+		return d
+	}
+	const ip = `"endpoint":"https://10.99.0.40:9000","bucket":"bkt"`
+	const name = `"endpoint":"https://s3.eu-north-1.amazonaws.com","bucket":"bkt"`
+	const imds = `{"address":"169.254.169.254","port":80,"uid":61004}`
+	for _, tc := range []struct{ name, s3, metadata string }{
+		{"static with a session token", ip + `,"access_key":"a","secret_key":"s","session_token":"tok"`, ""},
+		{"static named", ip + `,"credentials":"static","access_key":"a","secret_key":"s"`, ""},
+		{"instance role", ip + `,"credentials":"instance_role"`, imds},
+		{"virtual", name + `,"addressing":"virtual","access_key":"a","secret_key":"s"`, ""},
+		{"path", ip + `,"addressing":"path","access_key":"a","secret_key":"s","expected_bucket_owner":"123456789012"`, ""},
+	} {
+		if _, err := Parse([]byte(doc(tc.s3, tc.metadata))); err != nil {
+			t.Errorf("%s: %v", tc.name, err)
+		}
+	}
+	for _, tc := range []struct{ name, s3, metadata, want string }{
+		{"unknown credentials", ip + `,"credentials":"env","access_key":"a","secret_key":"s"`, "", `backup.store.s3.credentials: "env" is not static or instance_role`},
+		{"instance role with a key", ip + `,"credentials":"instance_role","access_key":"a"`, imds, "backup.store.s3.access_key: must be absent with credentials instance_role"},
+		{"instance role with a secret", ip + `,"credentials":"instance_role","secret_key":"s"`, imds, "backup.store.s3.secret_key: must be absent"},
+		{"instance role with a token", ip + `,"credentials":"instance_role","session_token":"t"`, imds, "backup.store.s3.session_token: must be absent"},
+		{"instance role, metadata closed", ip + `,"credentials":"instance_role"`, "", "backup.store.s3.credentials: instance_role reads the role's credentials from the metadata service at 169.254.169.254 port 80"},
+		{"instance role, metadata for another uid", ip + `,"credentials":"instance_role"`, `{"address":"169.254.169.254","port":80,"uid":4242}`, "firewall.egress.metadata.uid to be the backup process's uid, 61004"},
+		{"token without keys", ip + `,"session_token":"t"`, "", "access_key and secret_key are required"},
+		{"token a commitment", ip + `,"access_key":"a","secret_key":"s","session_token":"` + CommitmentPrefix + strings.Repeat("ab", 32) + `"`, "", "backup.store.s3.session_token: this is a redacted config's commitment"},
+		{"addressing", ip + `,"addressing":"dns","access_key":"a","secret_key":"s"`, "", `backup.store.s3.addressing: "dns" is not path or virtual`},
+		{"virtual on an IP", ip + `,"addressing":"virtual","access_key":"a","secret_key":"s"`, "", "backup.store.s3.addressing: virtual needs a host name"},
+		{"owner", ip + `,"access_key":"a","secret_key":"s","expected_bucket_owner":"12345678901x"`, "", `backup.store.s3.expected_bucket_owner: "12345678901x" is not a 12-digit AWS account id`},
+	} {
+		if _, err := Parse([]byte(doc(tc.s3, tc.metadata))); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: error %v, want %q", tc.name, err, tc.want)
+		}
+	}
+}

@@ -45,10 +45,18 @@ var secretFields = []secretField{
 		return &c.TLS.Key
 	}},
 	{"backup.store.s3.secret_key", func(c *Config) *string {
-		if c.Backup == nil || c.Backup.Store.S3 == nil {
+		if c.Backup == nil || c.Backup.Store.S3 == nil || c.Backup.Store.S3.SecretKey == "" {
 			return nil
 		}
 		return &c.Backup.Store.S3.SecretKey
+	}},
+	// The session token of temporary credentials: with the keys it is
+	// the credential, and the providers log it no more than the secret.
+	{"backup.store.s3.session_token", func(c *Config) *string {
+		if c.Backup == nil || c.Backup.Store.S3 == nil || c.Backup.Store.S3.SessionToken == "" {
+			return nil
+		}
+		return &c.Backup.Store.S3.SessionToken
 	}},
 }
 

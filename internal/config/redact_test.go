@@ -72,6 +72,19 @@ func TestRedactedFormExact(t *testing.T) {
 	if again, err := Canonical(got); err != nil || !bytes.Equal(again, got) {
 		t.Fatalf("the redacted form read again: %v\n%s", err, again)
 	}
+
+	// A session token is committed to like the secret key, after it in
+	// the schema's order; instance-role credentials have neither, and
+	// the redacted form then has none.
+	got, err = Canonical([]byte(strings.Replace(doc, `"secret_key": "SK"`, `"secret_key": "SK", "session_token": "TOK"`, 1)))
+	tokWant := strings.Replace(want, `"}},`, `","session_token":"`+c("backup.store.s3.session_token", "TOK")+`"}},`, 1)
+	if err != nil || string(got) != tokWant {
+		t.Fatalf("with a session token: %v\n got %s\nwant %s", err, got, tokWant)
+	}
+	got, err = Canonical([]byte(strings.Replace(doc, `"access_key": "AK", "secret_key": "SK"`, `"credentials": "instance_role"`, 1)))
+	if err != nil || bytes.Contains(got, []byte("secret_key")) || bytes.Contains(got, []byte("access_key")) || !bytes.Contains(got, []byte(`"credentials":"instance_role"`)) {
+		t.Fatalf("instance role: %v\n%s", err, got)
+	}
 }
 
 // What the node measures (Redacted, from the config it parsed) is what an
@@ -287,8 +300,9 @@ func TestSecretFieldsDocumented(t *testing.T) {
 }
 
 // publicFields have names that suggest a secret but are not one
-// (secretFields says why for the access key).
-var publicFields = []string{"backup.public_key", "backup.store.s3.access_key"}
+// (secretFields says why for the access key; credentials names the kind,
+// static or instance_role).
+var publicFields = []string{"backup.public_key", "backup.store.s3.access_key", "backup.store.s3.credentials"}
 
 // Every string field whose name suggests a secret is classified: a field
 // added later (a password, a token) must be put in secretFields or here.

@@ -31,6 +31,15 @@ const (
 	maxVolumes    = 16
 )
 
+// BackupUID is the uid of the backup process, the only one that needs
+// the metadata service (instance-role credentials). init/backup.go runs
+// the process as this uid (its backupUID, the same number).
+const BackupUID = 61004
+
+// imdsAddress is where the S3 client asks for instance-role credentials
+// (minio-go's default IMDS endpoint).
+const imdsAddress = "169.254.169.254"
+
 // Validate checks every field; the first problem is returned with its path.
 func (c *Config) Validate() error {
 	if c.Version != Version {
@@ -213,14 +222,53 @@ func (c *Config) validateS3(s *S3) error {
 	if n := len(s.Bucket); n < 3 || n > 63 || strings.ToLower(s.Bucket) != s.Bucket || strings.ContainsAny(s.Bucket, "/ _") {
 		return fmt.Errorf("backup.store.s3.bucket: %q is not an S3 bucket name", s.Bucket)
 	}
-	if s.AccessKey == "" || s.SecretKey == "" {
-		return errors.New("backup.store.s3: access_key and secret_key are required")
+	switch s.Credentials {
+	case "", "static":
+		if s.AccessKey == "" || s.SecretKey == "" {
+			return errors.New("backup.store.s3: access_key and secret_key are required (or credentials: instance_role)")
+		}
+	case "instance_role":
+		for name, v := range map[string]string{"access_key": s.AccessKey, "secret_key": s.SecretKey, "session_token": s.SessionToken} {
+			if v != "" {
+				return fmt.Errorf("backup.store.s3.%s: must be absent with credentials instance_role (the role's credentials come from the metadata service)", name)
+			}
+		}
+		// The credentials come from the metadata service, which the
+		// firewall closes unless the config opens it to one uid.
+		if m := c.Firewall.MetadataEgress(); m == nil || m.Address != imdsAddress || m.Port != 80 {
+			return fmt.Errorf("backup.store.s3.credentials: instance_role reads the role's credentials from the metadata service at %s port 80: open it in firewall.egress.metadata to the backup process's uid (%d)", imdsAddress, BackupUID)
+		} else if m.UID == nil || *m.UID != BackupUID {
+			return fmt.Errorf("backup.store.s3.credentials: instance_role needs firewall.egress.metadata.uid to be the backup process's uid, %d: only that uid may reach the metadata service", BackupUID)
+		}
+	default:
+		return fmt.Errorf("backup.store.s3.credentials: %q is not static or instance_role", s.Credentials)
 	}
 	// A redacted config holds commitments where the secrets were: one on
 	// a node would be measured as the commitment of itself, and no
 	// auditor's copy would match.
-	if strings.HasPrefix(s.SecretKey, CommitmentPrefix) {
-		return errors.New("backup.store.s3.secret_key: this is a redacted config's commitment, not the secret: give the node the full config")
+	for name, v := range map[string]string{"secret_key": s.SecretKey, "session_token": s.SessionToken} {
+		if strings.HasPrefix(v, CommitmentPrefix) {
+			return fmt.Errorf("backup.store.s3.%s: this is a redacted config's commitment, not the secret: give the node the full config", name)
+		}
+	}
+	if s.SessionToken != "" && len(s.SessionToken) > 8192 {
+		return fmt.Errorf("backup.store.s3.session_token: %d bytes; STS tokens are far shorter", len(s.SessionToken))
+	}
+	switch s.Addressing {
+	case "", "path":
+	case "virtual":
+		// The bucket goes in front of the host name: an IP address has
+		// no names below it.
+		if _, err := netip.ParseAddr(u.Hostname()); err == nil {
+			return fmt.Errorf("backup.store.s3.addressing: virtual needs a host name in the endpoint, not the IP address %s", u.Hostname())
+		}
+	default:
+		return fmt.Errorf("backup.store.s3.addressing: %q is not path or virtual", s.Addressing)
+	}
+	if o := s.ExpectedBucketOwner; o != "" {
+		if len(o) != 12 || strings.Trim(o, "0123456789") != "" {
+			return fmt.Errorf("backup.store.s3.expected_bucket_owner: %q is not a 12-digit AWS account id", o)
+		}
 	}
 	// An IP endpoint must be open in the firewall's egress, or every
 	// upload would be refused at the node's own firewall.
