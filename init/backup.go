@@ -27,9 +27,14 @@ import (
 	bsvc "github.com/bulwarkvm/bulwark/services/backup"
 )
 
-// The backup process: uid and gid of its own, and CAP_DAC_READ_SEARCH to
-// read the workload's files (Landlock keeps it to the sources).
-const backupUID = 61004
+// The backup process: uid and gid of its own (config.BackupUID, which the
+// config's metadata egress rule names), and CAP_DAC_READ_SEARCH to read
+// the workload's files (Landlock keeps it to the sources).
+const backupUID = config.BackupUID
+
+// backupProgram is the backup service's own program, on the system image
+// (imagebuild.BackupProgram; a test checks they agree).
+const backupProgram = "/usr/libexec/bulwark/backup"
 
 // startBackups sets up the backup encryptor as a process of its own
 // (services/backup): it holds the service's public key (the private key
@@ -73,7 +78,7 @@ func startBackups(b *boot) (string, error) {
 	}
 	r := &backups{b: b, cfg: s, staging: staging, cmds: map[uint64]*commandStream{}}
 	r.ctx, r.cancel = context.WithCancel(context.Background())
-	svc := &service{name: "backup", uid: backupUID, gid: backupUID, caps: []uintptr{unix.CAP_DAC_READ_SEARCH},
+	svc := &service{name: "backup", program: backupProgram, uid: backupUID, gid: backupUID, caps: []uintptr{unix.CAP_DAC_READ_SEARCH},
 		handlers: r.handlers(), exited: r.stopCommands}
 	if err := b.supervise(svc, 30*time.Second); err != nil {
 		return "", fmt.Errorf("backup: %w", err)

@@ -64,6 +64,9 @@ type boot struct {
 	// bgModules carries the result of the background module load
 	// (awaitModules).
 	bgModules chan error
+	// firstModules carries the result of loading the first background
+	// modules, the system image's (awaitSystemImageModules).
+	firstModules chan error
 	// onDemand are the modules only a config volume needs.
 	onDemand []kmod.Module
 	// modules loads kernel modules, each once, for every stage.

@@ -7,10 +7,12 @@ package main
 import (
 	"fmt"
 	"os"
+
+	svcproc "github.com/bulwarkvm/bulwark/services/service"
 )
 
 func main() {
-	if len(os.Args) > 0 && os.Args[0] == serviceArgv0 {
+	if len(os.Args) > 0 && os.Args[0] == svcproc.Argv0 {
 		os.Exit(runService(os.Args)) // a service's process (service.go)
 	}
 	if os.Getpid() != 1 {

@@ -46,34 +46,48 @@ func loadModules(b *boot) (string, error) {
 	if b.modules, err = kmod.NewLoader(fmt.Sprintf("/proc/self/fd/%d", fd)); err != nil {
 		return "", err
 	}
-	early, onDemand, background := kmod.Split(mods)
+	early, onDemand, first, background := kmod.Split(mods)
 	b.onDemand = onDemand
 	detail, degraded, err := loadModuleSet(b, early, b.modules.LoadList)
 	if err != nil {
 		return "", err
 	}
 	b.bgModules = make(chan error, 1)
+	b.firstModules = make(chan error, 1)
 	b.goSafe("background modules", func() {
-		sent := false
+		sentFirst, sent := false, false
 		defer func() {
 			// A panic is still an answer for the stages waiting here;
 			// goSafe then reports it and halts.
 			if r := recover(); r != nil {
+				err := fmt.Errorf("loading modules: panic: %v", r)
+				if !sentFirst {
+					b.firstModules <- err
+				}
 				if !sent {
-					b.bgModules <- fmt.Errorf("loading modules: panic: %v", r)
+					b.bgModules <- err
 				}
 				panic(r)
 			}
 		}()
 		start := time.Now()
-		d, _, err := loadModuleSet(b, background, b.modules.LoadListQuietly)
+		d, _, err := loadModuleSet(b, first, b.modules.LoadListQuietly)
 		if err == nil {
-			b.log.Info(fmt.Sprintf("background modules loaded: %s in %s", d, time.Since(start).Round(time.Millisecond)))
+			b.log.Info(fmt.Sprintf("system image modules loaded: %s in %s", d, time.Since(start).Round(time.Millisecond)))
+		}
+		b.firstModules <- err
+		sentFirst = true
+		if err == nil {
+			start = time.Now()
+			d, _, err = loadModuleSet(b, background, b.modules.LoadListQuietly)
+			if err == nil {
+				b.log.Info(fmt.Sprintf("background modules loaded: %s in %s", d, time.Since(start).Round(time.Millisecond)))
+			}
 		}
 		b.bgModules <- err
 		sent = true
 	})
-	detail = fmt.Sprintf("%s; %d for volumes and IPsec in the background, %d for a config volume when there is one", detail, len(background), len(onDemand))
+	detail = fmt.Sprintf("%s; in the background %d for the system image, then %d for volumes and IPsec; %d for a config volume when there is one", detail, len(first), len(background), len(onDemand))
 	if degraded {
 		return "", warning{detail}
 	}
@@ -99,6 +113,15 @@ func (b *boot) awaitModules() (time.Duration, error) {
 	start := time.Now()
 	err := <-b.bgModules
 	b.bgModules <- err
+	return time.Since(start), err
+}
+
+// awaitSystemImageModules waits for the first background modules only:
+// dm-verity and squashfs, for the system image stage.
+func (b *boot) awaitSystemImageModules() (time.Duration, error) {
+	start := time.Now()
+	err := <-b.firstModules
+	b.firstModules <- err
 	return time.Since(start), err
 }
 

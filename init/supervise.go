@@ -20,15 +20,19 @@ import (
 	"github.com/bulwarkvm/bulwark/internal/proc"
 	"github.com/bulwarkvm/bulwark/internal/safego"
 	"github.com/bulwarkvm/bulwark/internal/sandbox"
+	svcproc "github.com/bulwarkvm/bulwark/services/service"
 )
 
 // A service is a network-facing part of the node in a process of its own:
-// the init binary started again with the role argv[0] = serviceArgv0 and
-// argv[1] = its name (service.go), under its own uid and gid, with no
-// capabilities unless it lists some. PID1 talks to it over a control
-// socket (internal/control) and restarts it with backoff when it exits.
+// the init binary started again with the role argv[0] = svcproc.Argv0 and
+// argv[1] = its name (service.go), or a program of its own on the system
+// image (program), under its own uid and gid, with no capabilities unless
+// it lists some. PID1 talks to it over a control socket (internal/control)
+// and restarts it with backoff when it exits.
 type service struct {
-	name     string
+	name string
+	// program is the service's own program; empty: the init binary.
+	program  string
 	uid, gid uint32
 	caps     []uintptr
 	// files makes the descriptors the service gets after its control
@@ -60,8 +64,6 @@ type service struct {
 	sandbox  sandbox.Report
 	readyAt  time.Time
 }
-
-const serviceArgv0 = "bulwark-service"
 
 // Restart backoff: 1 s, doubling to 30 s; back to 1 s after a process
 // that ran for a minute.
@@ -173,9 +175,11 @@ func exitString(st unix.WaitStatus) string {
 
 // startService starts one process of s.
 func (b *boot) startService(s *service) (*proc.Process, error) {
-	exe, err := os.Executable()
-	if err != nil {
-		return nil, err
+	exe, err := s.program, error(nil)
+	if exe == "" {
+		if exe, err = os.Executable(); err != nil {
+			return nil, err
+		}
 	}
 	var files []*os.File
 	if s.files != nil {
@@ -195,7 +199,7 @@ func (b *boot) startService(s *service) (*proc.Process, error) {
 		return nil, err
 	}
 	p, err := proc.Start(proc.Spec{
-		Path: exe, Argv: []string{serviceArgv0, s.name, strconv.Itoa(len(files))},
+		Path: exe, Argv: []string{svcproc.Argv0, s.name, strconv.Itoa(len(files))},
 		UID: s.uid, GID: s.gid, AmbientCaps: s.caps, Dir: "/",
 		Stdout: pw, Stderr: pw, ExtraFiles: append([]*os.File{theirs}, files...),
 	})

@@ -80,7 +80,11 @@ func setUpSystemImage(b *boot) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	// dm-verity and squashfs are early modules (internal/kmod): loaded.
+	// dm-verity and squashfs are the first background modules.
+	waited, err := b.awaitSystemImageModules()
+	if err != nil {
+		return "", err
+	}
 	si, err := findSystemImage("/sys", root)
 	if err != nil {
 		return "", err
@@ -102,8 +106,8 @@ func setUpSystemImage(b *boot) (string, error) {
 	}
 	sysImg = si
 	b.goSafe("system image watch", func() { si.watch(b) })
-	return fmt.Sprintf("root hash %s…, %s, %s of data; verified on read",
-		hex.EncodeToString(root[:8]), si.where, humanBytes(int64(si.sb.DataBlocks)*verity.BlockSize)), nil
+	return fmt.Sprintf("root hash %s…, %s, %s of data; verified on read%s",
+		hex.EncodeToString(root[:8]), si.where, humanBytes(int64(si.sb.DataBlocks)*verity.BlockSize), waitedNote(waited)), nil
 }
 
 // mountSystemUsr moves the system image onto /usr, after the volumes

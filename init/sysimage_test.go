@@ -23,6 +23,9 @@ func TestSystemImageNamesAgree(t *testing.T) {
 		t.Errorf("init: %s %s %s; imagebuild: %s %s %s", usrHashParam, systemSerial, usrMount,
 			imagebuild.UsrHashParam, imagebuild.SystemImageSerial, imagebuild.MountPoint)
 	}
+	if backupProgram != imagebuild.BackupProgram {
+		t.Errorf("init runs the backup service from %s; the image build puts it at %s", backupProgram, imagebuild.BackupProgram)
+	}
 	if !strings.EqualFold(usrPartType, efidisk.UsrPartitionType) || !strings.EqualFold(usrVerityPartType, efidisk.UsrVerityPartitionType) {
 		t.Error("the partition types differ from efidisk's")
 	}

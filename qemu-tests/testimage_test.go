@@ -58,6 +58,8 @@ func buildTestImage(base harness.Image) (harness.Image, error) {
 		switch name {
 		case "markerwriter", "netprobe", "stubborn":
 			system[testBin+"/"+name] = out
+		case "backup":
+			// Options.BackupBinary: the build puts it on the system image.
 		default:
 			extra[testBin+"/"+name] = out
 		}
@@ -70,9 +72,11 @@ func buildTestImage(base harness.Image) (harness.Image, error) {
 		{"stubborn", "build", "./qemu-tests/testdata/stubborn"},
 		{"volume.test", "test", "-c", "-tags", "guest", "./internal/volume"},
 		{"ipsec.test", "test", "-c", "-tags", "guest", "./internal/ipsec"},
-		// The init with its test hooks (TestServiceIsolation); the
-		// production image's init has none.
+		// The init and the backup service with their test hooks
+		// (TestServiceIsolation, TestBackup); the production image's
+		// have none.
 		{"init", "build", "-tags", "bulwarktest", "./init"},
+		{"backup", "build", "-tags", "bulwarktest", imagebuild.BackupPackage},
 	} {
 		if err := build(b[0], b[1:]...); err != nil {
 			return harness.Image{}, err
@@ -84,14 +88,15 @@ func buildTestImage(base harness.Image) (harness.Image, error) {
 	}
 	out := filepath.Join(dir, "out")
 	rep, err := imagebuild.Build(context.Background(), imagebuild.Options{
-		OutDir:      out,
-		SourceDir:   src,
-		ExtraTools:  []string{"/usr/sbin/cryptsetup", "/usr/sbin/ip"},
-		ExtraFiles:  extraWithout(extra, testBin+"/init"),
-		InitBinary:  extra[testBin+"/init"],
-		SkipDisk:    true,
-		NoPackages:  true,
-		SystemFiles: system,
+		OutDir:       out,
+		SourceDir:    src,
+		ExtraTools:   []string{"/usr/sbin/cryptsetup", "/usr/sbin/ip"},
+		ExtraFiles:   extraWithout(extra, testBin+"/init"),
+		InitBinary:   extra[testBin+"/init"],
+		BackupBinary: filepath.Join(bins, "backup"),
+		SkipDisk:     true,
+		NoPackages:   true,
+		SystemFiles:  system,
 	})
 	if err != nil {
 		return harness.Image{}, err

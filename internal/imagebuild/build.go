@@ -61,7 +61,11 @@ type Options struct {
 	InitBinary    string   // a prebuilt init; default: go build ./init
 	SourceDir     string   // the bulwark module; default: found from the working directory
 	InitPackage   string   // default "./init"; tests build other programs as /init
-	SkipDisk      bool     // build no UEFI disk: vmlinuz, the initramfs and system.img only
+	// BackupBinary is a prebuilt backup service program; default: go
+	// build BackupPackage. It goes into the system image at
+	// BackupProgram, not into the initramfs.
+	BackupBinary string
+	SkipDisk     bool // build no UEFI disk: vmlinuz, the initramfs and system.img only
 	// Packages are the Debian packages (name, or name=version) the system
 	// image is made of; nil means DefaultPackages.
 	Packages []string
@@ -120,7 +124,14 @@ func Build(ctx context.Context, o Options) (*Report, error) {
 	initBin := o.InitBinary
 	if initBin == "" {
 		initBin = filepath.Join(o.OutDir, "init")
-		if err := buildInit(ctx, o.SourceDir, o.InitPackage, initBin); err != nil {
+		if err := buildProgram(ctx, o.SourceDir, o.InitPackage, initBin); err != nil {
+			return nil, err
+		}
+	}
+	backupBin := o.BackupBinary
+	if backupBin == "" {
+		backupBin = filepath.Join(o.OutDir, "backup")
+		if err := buildProgram(ctx, o.SourceDir, BackupPackage, backupBin); err != nil {
 			return nil, err
 		}
 	}
@@ -146,7 +157,7 @@ func Build(ctx context.Context, o Options) (*Report, error) {
 	// command line of both boots (the UEFI disk's loader entry and the
 	// direct kernel boot's, rep.Cmdline and out/cmdline).
 	sysPath := filepath.Join(o.OutDir, SystemImageFile)
-	si, res, err := o.buildSystemImage(ctx, sysPath)
+	si, res, err := o.buildSystemImage(ctx, sysPath, backupBin)
 	if err != nil {
 		return nil, err
 	}
@@ -241,7 +252,7 @@ func (o *Options) Prepare() error {
 	if o.DebCache == "" {
 		o.DebCache = defaultDebCache()
 	}
-	if o.InitBinary == "" && o.SourceDir == "" {
+	if (o.InitBinary == "" || o.BackupBinary == "") && o.SourceDir == "" {
 		d, err := FindSourceDir()
 		if err != nil {
 			return err
@@ -393,16 +404,16 @@ func (o *Options) assemble(initBin string, rep *Report) (*initramfs.Archive, int
 	return a, a.Size(""), nil
 }
 
-// buildInit compiles the init as a static, reproducible binary: no cgo, no
-// build paths, no build ID, no VCS stamp.
-func buildInit(ctx context.Context, srcDir, pkg, dst string) error {
+// buildProgram compiles the init or a service program as a static,
+// reproducible binary: no cgo, no build paths, no build ID, no VCS stamp.
+func buildProgram(ctx context.Context, srcDir, pkg, dst string) error {
 	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-buildvcs=false", "-ldflags=-s -w -buildid=", "-o", dst, pkg)
 	cmd.Dir = srcDir
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64", "GOFLAGS=-mod=readonly")
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Run(); err != nil {
-		return fmt.Errorf("imagebuild: building the init (%s): %v\n%s", pkg, err, out.String())
+		return fmt.Errorf("imagebuild: building %s: %v\n%s", pkg, err, out.String())
 	}
 	return nil
 }

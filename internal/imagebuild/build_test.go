@@ -27,7 +27,7 @@ func TestReproducible(t *testing.T) {
 		}
 		reps = append(reps, rep)
 	}
-	for _, f := range []string{"init", "initramfs.img", "system.img", "bulwark.img", "bulwark.qcow2", "vmlinuz"} {
+	for _, f := range []string{"init", "backup", "initramfs.img", "system.img", "cmdline", "bulwark.img", "bulwark.qcow2", "vmlinuz"} {
 		a, err := os.ReadFile(filepath.Join(dirs[0], f))
 		if err != nil {
 			t.Fatal(err)
@@ -53,7 +53,7 @@ func TestReproducible(t *testing.T) {
 		t.Fatal(err)
 	}
 	other := filepath.Join(o.OutDir, SystemImageFile)
-	si, _, err := o.buildSystemImage(context.Background(), other)
+	si, _, err := o.buildSystemImage(context.Background(), other, filepath.Join(dirs[0], "backup"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -45,6 +45,14 @@ const (
 	// SystemImageSerial is the serial of the virtio disk that holds
 	// system.img on a direct kernel boot.
 	SystemImageSerial = "bulwark-system"
+	// BackupProgram is where the system image carries the backup
+	// service's program, built from BackupPackage. It is a program of
+	// its own, not the init started with a role, so that the S3 client
+	// it links (minio-go, whose package initialisation is not free under
+	// emulation) is in neither PID1 nor the initramfs; on the system
+	// image it is verified and measured with the rest of /usr.
+	BackupProgram = "/usr/libexec/bulwark/backup"
+	BackupPackage = "./services/backup/cmd/bulwark-backup"
 
 	squashfsBlock = 128 << 10
 	zstdLevel     = 9
@@ -186,7 +194,7 @@ func (p *sysPkg) index() {
 
 // buildSystemImage builds dst (squashfs data, then the verity hash area)
 // from the packages, and returns its description and the verity result.
-func (o *Options) buildSystemImage(ctx context.Context, dst string) (*SystemImage, *verity.Result, error) {
+func (o *Options) buildSystemImage(ctx context.Context, dst, backupBin string) (*SystemImage, *verity.Result, error) {
 	si := &SystemImage{File: dst, MountPoint: MountPoint, Dropped: map[string]DropCount{}, Packages: []SysPackage{}}
 	root := newSysTree()
 	var pkgs []*sysPkg
@@ -196,7 +204,14 @@ func (o *Options) buildSystemImage(ctx context.Context, dst string) (*SystemImag
 			return nil, nil, err
 		}
 	}
-	if err := o.addSystemFiles(si, root); err != nil {
+	files := map[string]string{BackupProgram: backupBin}
+	for k, v := range o.SystemFiles {
+		if k == BackupProgram {
+			return nil, nil, fmt.Errorf("imagebuild: system image: extra file %s: the build puts the backup program there", k)
+		}
+		files[k] = v
+	}
+	if err := addSystemFiles(si, root, files); err != nil {
 		return nil, nil, err
 	}
 
@@ -267,11 +282,11 @@ func (o *Options) buildSystemImage(ctx context.Context, dst string) (*SystemImag
 	return si, res, nil
 }
 
-// addSystemFiles puts Options.SystemFiles into the tree, in a stable
-// order, each a file of the build (not of any package) under /usr.
-func (o *Options) addSystemFiles(si *SystemImage, root *sysTree) error {
-	keys := make([]string, 0, len(o.SystemFiles))
-	for k := range o.SystemFiles {
+// addSystemFiles puts the build's own files (destination = source) into
+// the tree, in a stable order, each under /usr.
+func addSystemFiles(si *SystemImage, root *sysTree, files map[string]string) error {
+	keys := make([]string, 0, len(files))
+	for k := range files {
 		keys = append(keys, k)
 	}
 	slices.Sort(keys)
@@ -279,7 +294,7 @@ func (o *Options) addSystemFiles(si *SystemImage, root *sysTree) error {
 		if path.Clean(dst) != dst || !strings.HasPrefix(dst, MountPoint+"/") {
 			return fmt.Errorf("imagebuild: system image: extra file %q: not a clean path under %s", dst, MountPoint)
 		}
-		src := o.SystemFiles[dst]
+		src := files[dst]
 		st, err := os.Stat(src)
 		if err != nil {
 			return fmt.Errorf("imagebuild: system image: extra file %s: %w", dst, err)

@@ -29,6 +29,11 @@ type Module struct {
 	// (volumes, IPsec): the init loads them while the config, firewall
 	// and network stages run, and those stages wait for them.
 	Background bool
+	// First background modules load before the other background ones,
+	// and a stage can wait for them alone: the system image stage, which
+	// every node runs right after the network, needs dm-verity and
+	// squashfs, not the volumes' and IPsec's modules.
+	First bool
 	// Why says what needs it.
 	Why string
 }
@@ -52,11 +57,9 @@ var Modules = []Module{
 	{Name: "crc32c_generic", Why: "ext4 metadata checksums; libcrc32c (under nf_conntrack) needs it when it loads"},
 	{Name: "crc32c_intel", Optional: true, Why: "faster crc32c"},
 	{Name: "ext4", Background: true, Why: "data volume filesystem"},
-	// Early, not in the background: every node maps its system image
-	// right after the network, before the background set is done.
-	{Name: "dm_verity", Why: "the verified system image (dm-verity)"},
-	{Name: "sha256_ssse3", Optional: true, Why: "faster SHA-256 for dm-verity"},
-	{Name: "squashfs", Why: "the system image's file system"},
+	{Name: "dm_verity", Background: true, First: true, Why: "the verified system image (dm-verity)"},
+	{Name: "sha256_ssse3", Background: true, First: true, Optional: true, Why: "faster SHA-256 for dm-verity"},
+	{Name: "squashfs", Background: true, First: true, Why: "the system image's file system"},
 	{Name: "nls_cp437", OnDemand: true, Why: "vfat config volume"},
 	{Name: "nls_ascii", OnDemand: true, Why: "vfat config volume"},
 	{Name: "nls_utf8", OnDemand: true, Why: "vfat config volume"},
@@ -97,23 +100,26 @@ func Names(mods []Module) []string {
 const CompressedSuffix = ".gz"
 
 // Split divides a list into the modules the early stages need, the ones
-// loaded on demand, and the background ones.
-func Split(mods []Module) (early, onDemand, background []Module) {
+// loaded on demand, the background ones to load first, and the other
+// background ones.
+func Split(mods []Module) (early, onDemand, first, background []Module) {
 	for _, m := range mods {
 		switch {
 		case m.OnDemand:
 			onDemand = append(onDemand, m)
+		case m.Background && m.First:
+			first = append(first, m)
 		case m.Background:
 			background = append(background, m)
 		default:
 			early = append(early, m)
 		}
 	}
-	return early, onDemand, background
+	return early, onDemand, first, background
 }
 
 // ParseList reads a module list as the image ships it: one name per line,
-// then its flags: optional, late, background, ondemand.
+// then its flags: optional, late, background, first, ondemand.
 func ParseList(b []byte) ([]Module, error) {
 	var mods []Module
 	for i, line := range strings.Split(string(b), "\n") {
@@ -131,10 +137,12 @@ func ParseList(b []byte) ([]Module, error) {
 				m.Late = true
 			case "background":
 				m.Background = true
+			case "first":
+				m.First = true
 			case "ondemand":
 				m.OnDemand = true
 			default:
-				return nil, fmt.Errorf("kmod: module list line %d: %q is not \"name [optional] [late] [background] [ondemand]\"", i+1, line)
+				return nil, fmt.Errorf("kmod: module list line %d: %q is not \"name [optional] [late] [background] [first] [ondemand]\"", i+1, line)
 			}
 		}
 		mods = append(mods, m)
@@ -155,6 +163,9 @@ func FormatList(mods []Module) []byte {
 		}
 		if m.Background {
 			b.WriteString(" background")
+		}
+		if m.First {
+			b.WriteString(" first")
 		}
 		if m.OnDemand {
 			b.WriteString(" ondemand")

@@ -28,13 +28,13 @@ func TestListRoundTrip(t *testing.T) {
 	if !slices.ContainsFunc(got, func(m Module) bool { return m.Late }) {
 		t.Fatal("no late module survived the round trip")
 	}
-	m, err := ParseList([]byte("a optional late\nb late background\nc\nd ondemand\n"))
-	if err != nil || !m[0].Optional || !m[0].Late || m[0].Background || !m[1].Late || m[1].Optional || !m[1].Background || m[2].Late || m[2].Background || !m[3].OnDemand || m[2].OnDemand {
+	m, err := ParseList([]byte("a optional late\nb late background\nc\nd ondemand\ne background first\n"))
+	if err != nil || !m[0].Optional || !m[0].Late || m[0].Background || !m[1].Late || m[1].Optional || !m[1].Background || m[2].Late || m[2].Background || !m[3].OnDemand || m[2].OnDemand || m[1].First || !m[4].First || !m[4].Background {
 		t.Fatalf("flags: %+v %v", m, err)
 	}
-	early, onDemand, bg := Split(m)
-	if len(early) != 2 || len(bg) != 1 || bg[0].Name != "b" || len(onDemand) != 1 || onDemand[0].Name != "d" {
-		t.Fatalf("Split: %v %v %v", early, onDemand, bg)
+	early, onDemand, first, bg := Split(m)
+	if len(early) != 2 || len(bg) != 1 || bg[0].Name != "b" || len(onDemand) != 1 || onDemand[0].Name != "d" || len(first) != 1 || first[0].Name != "e" {
+		t.Fatalf("Split: %v %v %v %v", early, onDemand, first, bg)
 	}
 }
 

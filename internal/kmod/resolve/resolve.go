@@ -65,13 +65,14 @@ func ModuleDir(root, kver string) string {
 }
 
 // BackgroundOnly returns those of files, the list's resolved module files
-// (Files of all of mods), that only background modules need. Nothing on
-// the way to ready loads them, so the image carries them compressed: the
+// (Files of all of mods), that only background modules need, less the
+// first ones (the system image's, on every node's way to ready). Nothing
+// on the way to ready loads them, so the image carries them compressed: the
 // kernel then unpacks fewer bytes before it starts the init, and the init
 // decompresses them on the background loader's thread.
 func BackgroundOnly(root, kver string, mods []kmod.Module, files []string) ([]string, error) {
-	early, onDemand, _ := kmod.Split(mods)
-	first, err := Files(root, kver, append(kmod.Names(early), kmod.Names(onDemand)...))
+	early, onDemand, firstBg, _ := kmod.Split(mods)
+	first, err := Files(root, kver, append(append(kmod.Names(early), kmod.Names(onDemand)...), kmod.Names(firstBg)...))
 	if err != nil {
 		return nil, err
 	}

@@ -1,15 +1,15 @@
-// Package backup is the backup rounds' own process: it reads the backup
+// Command bulwark-backup is the backup rounds' own process: it reads the backup
 // sources, encrypts them (internal/backup) and talks to the object store
-// (internal/objstore). PID1 starts it (the init binary with the role
-// "backup") as its own uid, with one capability, CAP_DAC_READ_SEARCH, to
+// (internal/objstore). PID1 starts it from the system image
+// (/usr/libexec/bulwark/backup) as its own uid, with one capability, CAP_DAC_READ_SEARCH, to
 // read the workload's files, which Landlock narrows to the sources (read
 // only) and the staging directory and a directory store (read and write).
 // It changes nothing of the workload's: a spool file is removed, once its
-// backup is stored, by PID1 on request (backup.RemoveSpoolFile); a
+// backup is stored, by PID1 on request (bsvc.RemoveSpoolFile); a
 // command source is started by PID1 as the workload's user, which passes
 // its standard output in. It holds the S3 credentials and the service's
 // public key; never a TLS key or a volume key.
-package backup
+package main
 
 import (
 	"context"
@@ -34,86 +34,9 @@ import (
 	"github.com/bulwarkvm/bulwark/internal/pki"
 	"github.com/bulwarkvm/bulwark/internal/safego"
 	"github.com/bulwarkvm/bulwark/internal/sandbox"
+	bsvc "github.com/bulwarkvm/bulwark/services/backup"
 	"github.com/bulwarkvm/bulwark/services/service"
 )
-
-// Config is the answer to OpConfig.
-type Config struct {
-	Node    string `json:"node"`
-	Staging string `json:"staging"`
-	// ReadOnly are the data volumes' mount points that hold sources:
-	// the process may read below them (a source the workload makes later
-	// is covered, and a mount point cannot be swapped for a link).
-	ReadOnly []string      `json:"read_only"`
-	Backup   config.Backup `json:"backup"`
-}
-
-// Operations on the control socket.
-const (
-	// The backup process asks PID1:
-	OpConfig  = "backup.config"  // no arguments; Config
-	OpAudit   = "backup.audit"   // Audit; nothing
-	OpCommand = "backup.command" // Command{Source}; Command{Handle} and the command's standard output
-	OpExit    = "backup.exit"    // Command{Handle}; Exit: how the command ended
-	OpRemove  = "backup.remove"  // Remove; nothing
-	// PID1 asks the backup process:
-	OpCheck  = "backup.check"  // no arguments; Check
-	OpStart  = "backup.start"  // Round{Why}; nothing, or an error (ErrRunning)
-	OpRound  = "backup.round"  // Round{Why}; Result, when the round is over
-	OpCancel = "backup.cancel" // no arguments; nothing: running rounds end
-	OpStatus = "backup.status" // no arguments; a status line
-)
-
-// Audit is one backup record the process asks PID1 to append.
-type Audit struct {
-	Why    string `json:"why"`
-	What   string `json:"what"`
-	Result string `json:"result"`
-}
-
-// Command names a command source (by its index in the config) or a
-// started command (by the handle PID1 gave it).
-type Command struct {
-	Source int    `json:"source,omitempty"`
-	Handle uint64 `json:"handle,omitempty"`
-}
-
-// Exit is how a command source ended: empty when it exited 0.
-type Exit struct {
-	Err string `json:"err,omitempty"`
-}
-
-// Remove asks PID1 to remove a spool file whose backup is stored.
-type Remove struct {
-	Dir  string `json:"dir"`
-	Name string `json:"name"`
-}
-
-// Check is the answer to OpCheck: the store as first reached, or why it
-// was not; RegionError is set when the bucket is in another region,
-// which is fatal to the boot.
-type Check struct {
-	Detail      string `json:"detail"`
-	Unreachable string `json:"unreachable,omitempty"`
-	RegionError string `json:"region_error,omitempty"`
-}
-
-// Round is the argument of OpStart and OpRound. Seconds bounds an
-// OpRound (the final round's share of the teardown), so that the round
-// ends and answers with its failures before PID1 stops waiting.
-type Round struct {
-	Why     string `json:"why"`
-	Seconds int    `json:"seconds,omitempty"`
-}
-
-// Result is a round's outcome: one line per source, and how many failed.
-type Result struct {
-	Lines  []string `json:"lines"`
-	Failed int      `json:"failed"`
-}
-
-// ErrRunning is the error text of OpStart while a round runs.
-const ErrRunning = "a backup is already running"
 
 // Syscalls are what the backup process calls beyond the Go runtime's: its
 // connections to the object store, reading the sources (openat2 never
@@ -125,8 +48,8 @@ var Syscalls = []string{"socket", "connect", "bind", "openat2", "getdents64", "f
 	// each segment's secret lives in locked memory (internal/secret).
 	"mlock", "munlock"}
 
-// Main runs the backup process; ctl is the control socket.
-func Main(ctl *os.File, files []*os.File) int {
+// run runs the backup process; ctl is the control socket.
+func run(ctl *os.File, files []*os.File) int {
 	for _, f := range files {
 		f.Close()
 	}
@@ -145,18 +68,18 @@ func Main(ctl *os.File, files []*os.File) int {
 		}
 	}
 	handlers := map[string]control.Handler{
-		OpCheck: gate(func(ctx context.Context, _ json.RawMessage, _ []*os.File) (any, []*os.File, error) {
+		bsvc.OpCheck: gate(func(ctx context.Context, _ json.RawMessage, _ []*os.File) (any, []*os.File, error) {
 			return r.check(ctx), nil, nil
 		}),
-		OpStart: gate(func(_ context.Context, raw json.RawMessage, _ []*os.File) (any, []*os.File, error) {
-			var a Round
+		bsvc.OpStart: gate(func(_ context.Context, raw json.RawMessage, _ []*os.File) (any, []*os.File, error) {
+			var a bsvc.Round
 			if err := control.Decode(raw, &a); err != nil {
 				return nil, nil, err
 			}
 			return nil, nil, r.start(a.Why)
 		}),
-		OpRound: gate(func(ctx context.Context, raw json.RawMessage, _ []*os.File) (any, []*os.File, error) {
-			var a Round
+		bsvc.OpRound: gate(func(ctx context.Context, raw json.RawMessage, _ []*os.File) (any, []*os.File, error) {
+			var a bsvc.Round
 			if err := control.Decode(raw, &a); err != nil {
 				return nil, nil, err
 			}
@@ -166,7 +89,7 @@ func Main(ctl *os.File, files []*os.File) int {
 			r.mu.Lock()
 			if r.running {
 				r.mu.Unlock()
-				return nil, nil, errors.New(ErrRunning)
+				return nil, nil, errors.New(bsvc.ErrRunning)
 			}
 			r.running = true
 			r.mu.Unlock()
@@ -176,19 +99,19 @@ func Main(ctl *os.File, files []*os.File) int {
 			r.mu.Lock()
 			r.running, r.last, r.lastAt = false, lines, time.Now()
 			r.mu.Unlock()
-			return Result{Lines: lines, Failed: failed}, nil, nil
+			return bsvc.Result{Lines: lines, Failed: failed}, nil, nil
 		}),
-		OpCancel: gate(func(context.Context, json.RawMessage, []*os.File) (any, []*os.File, error) {
+		bsvc.OpCancel: gate(func(context.Context, json.RawMessage, []*os.File) (any, []*os.File, error) {
 			r.cancel()
 			r.wg.Wait()
 			return nil, nil, nil
 		}),
-		OpStatus: gate(func(context.Context, json.RawMessage, []*os.File) (any, []*os.File, error) {
+		bsvc.OpStatus: gate(func(context.Context, json.RawMessage, []*os.File) (any, []*os.File, error) {
 			return r.status(), nil, nil
 		}),
 	}
-	var cfg Config
-	proc, err := service.Start(ctl, handlers, OpConfig, &cfg)
+	var cfg bsvc.Config
+	proc, err := service.Start(ctl, handlers, bsvc.OpConfig, &cfg)
 	if err != nil {
 		return 1
 	}
@@ -226,7 +149,7 @@ func Main(ctl *os.File, files []*os.File) int {
 type rounds struct {
 	proc *service.Process
 	log  *slog.Logger
-	cfg  Config
+	cfg  bsvc.Config
 	pub  *rsa.PublicKey
 
 	ctx    context.Context
@@ -240,7 +163,7 @@ type rounds struct {
 	lastAt  time.Time
 }
 
-func (r *rounds) init(p *service.Process, cfg Config) error {
+func (r *rounds) init(p *service.Process, cfg bsvc.Config) error {
 	r.proc, r.log, r.cfg = p, p.Log, cfg
 	r.ctx, r.cancel = context.WithCancel(context.Background())
 	pub, err := backup.ParsePublicKey([]byte(cfg.Backup.PublicKey))
@@ -262,24 +185,24 @@ func (r *rounds) call(ctx context.Context, op string, args, result any) ([]*os.F
 }
 
 func (r *rounds) audit(why, what, result string) {
-	if _, err := r.call(context.Background(), OpAudit, Audit{Why: why, What: what, Result: result}, nil); err != nil {
+	if _, err := r.call(context.Background(), bsvc.OpAudit, bsvc.Audit{Why: why, What: what, Result: result}, nil); err != nil {
 		r.log.Error("backup: the audit record was not written", "err", err)
 	}
 }
 
 // check connects the store for the first time (the boot's try).
-func (r *rounds) check(ctx context.Context) Check {
+func (r *rounds) check(ctx context.Context) bsvc.Check {
 	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 	defer cancel()
 	st, err := r.store(ctx)
 	var re *s3.RegionError
 	switch {
 	case errors.As(err, &re):
-		return Check{RegionError: err.Error()}
+		return bsvc.Check{RegionError: err.Error()}
 	case err != nil:
-		return Check{Unreachable: err.Error()}
+		return bsvc.Check{Unreachable: err.Error()}
 	}
-	return Check{Detail: st.String()}
+	return bsvc.Check{Detail: st.String()}
 }
 
 // store returns the object store, connecting (and checking the region)
@@ -322,7 +245,7 @@ func (r *rounds) start(why string) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.running {
-		return errors.New(ErrRunning)
+		return errors.New(bsvc.ErrRunning)
 	}
 	if r.ctx.Err() != nil {
 		return errors.New("the node is shutting down")
@@ -376,7 +299,7 @@ func (r *rounds) round(ctx context.Context, why string) (lines []string, failed 
 		Public: r.pub, Store: st, Node: r.cfg.Node, Region: r.cfg.Backup.Region,
 		SegmentSize: int64(r.cfg.Backup.EffectiveSegmentMiB()) << 20, Staging: r.cfg.Staging,
 		RemoveSpooled: func(dir, name string) error {
-			_, err := r.call(ctx, OpRemove, Remove{Dir: dir, Name: name}, nil)
+			_, err := r.call(ctx, bsvc.OpRemove, bsvc.Remove{Dir: dir, Name: name}, nil)
 			return err
 		},
 	}
@@ -432,8 +355,8 @@ func (r *rounds) source(ctx context.Context, i int, src config.BackupSource, o b
 // command has PID1 start command source i as the workload's user and
 // reads its standard output; at the end, PID1 says how it exited.
 func (r *rounds) command(ctx context.Context, i int) (io.ReadCloser, error) {
-	var c Command
-	fds, err := r.call(ctx, OpCommand, Command{Source: i}, &c)
+	var c bsvc.Command
+	fds, err := r.call(ctx, bsvc.OpCommand, bsvc.Command{Source: i}, &c)
 	if err != nil {
 		return nil, err
 	}
@@ -444,12 +367,12 @@ func (r *rounds) command(ctx context.Context, i int) (io.ReadCloser, error) {
 		return nil, fmt.Errorf("PID1 gave %d descriptors for a command's output, want 1", len(fds))
 	}
 	return backup.Checked(fds[0], func() error {
-		var e Exit
+		var e bsvc.Exit
 		// The command's exit comes once its output has ended; PID1
 		// bounds the wait too, and ends the command with the round.
 		ectx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 		defer cancel()
-		if _, err := r.proc.Peer.Call(ectx, OpExit, Command{Handle: c.Handle}, &e); err != nil {
+		if _, err := r.proc.Peer.Call(ectx, bsvc.OpExit, bsvc.Command{Handle: c.Handle}, &e); err != nil {
 			return err
 		}
 		if e.Err != "" {

@@ -1,4 +1,4 @@
-package backup
+package main
 
 import (
 	"context"
@@ -12,6 +12,7 @@ import (
 
 	"github.com/bulwarkvm/bulwark/internal/config"
 	"github.com/bulwarkvm/bulwark/internal/control"
+	bsvc "github.com/bulwarkvm/bulwark/services/backup"
 	"github.com/bulwarkvm/bulwark/services/service"
 )
 
@@ -22,14 +23,14 @@ func TestRoundPanic(t *testing.T) {
 	testHookRound = func() { panic("injected in a backup round") }
 	defer func() { testHookRound = nil }()
 	var mu sync.Mutex
-	var records []Audit
+	var records []bsvc.Audit
 	mine, theirs, err := control.Pair()
 	if err != nil {
 		t.Fatal(err)
 	}
 	pid1, err := control.New(mine, control.Options{Name: "backup", Handlers: map[string]control.Handler{
-		OpAudit: func(_ context.Context, raw json.RawMessage, _ []*os.File) (any, []*os.File, error) {
-			var a Audit
+		bsvc.OpAudit: func(_ context.Context, raw json.RawMessage, _ []*os.File) (any, []*os.File, error) {
+			var a bsvc.Audit
 			if err := control.Decode(raw, &a); err != nil {
 				return nil, nil, err
 			}
@@ -54,7 +55,7 @@ func TestRoundPanic(t *testing.T) {
 	defer svc.Close()
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	r := &rounds{proc: &service.Process{Log: log, Peer: svc}, log: log,
-		cfg: Config{Node: "db-1", Staging: t.TempDir(), Backup: config.Backup{Sources: []config.BackupSource{{Kind: "tree", Path: "/x"}}}}}
+		cfg: bsvc.Config{Node: "db-1", Staging: t.TempDir(), Backup: config.Backup{Sources: []config.BackupSource{{Kind: "tree", Path: "/x"}}}}}
 	r.ctx, r.cancel = context.WithCancel(context.Background())
 	defer r.cancel()
 	for i := 0; i < 2; i++ {
