@@ -117,8 +117,9 @@ func addStoreFlags(c *cobra.Command) *storeFlags {
 	return sf
 }
 
-// open returns the store; S3 credentials come from AWS_ACCESS_KEY_ID and
-// AWS_SECRET_ACCESS_KEY, never from flags (which other users can see).
+// open returns the store; S3 credentials come from AWS_ACCESS_KEY_ID,
+// AWS_SECRET_ACCESS_KEY and (temporary credentials) AWS_SESSION_TOKEN,
+// never from flags (which other users can see).
 func (f *storeFlags) open(ctx context.Context) (objstore.Store, error) {
 	s := f.store
 	if s == "" {
@@ -144,6 +145,7 @@ func (f *storeFlags) open(ctx context.Context) (objstore.Store, error) {
 	return s3.New(ctx, s3.Options{
 		Endpoint: f.endpoint, AllowHTTP: f.allowHTTP, Bucket: u.Host, Prefix: u.Path, RootCAs: roots,
 		Region: f.region, AccessKey: os.Getenv("AWS_ACCESS_KEY_ID"), SecretKey: os.Getenv("AWS_SECRET_ACCESS_KEY"),
+		SessionToken: os.Getenv("AWS_SESSION_TOKEN"),
 	})
 }
 

@@ -69,6 +69,24 @@ func TestBackupCLI(t *testing.T) {
 	if out := ctl(t, 1, "backup", "list", "--store", "s3://bkp/p", "--endpoint", srv.Endpoint(), "--region", "us-east-1", "--allow-http"); !strings.Contains(out, `region "eu-north-1"`) {
 		t.Fatal(out)
 	}
+	// Temporary credentials (STS): the session token comes from
+	// AWS_SESSION_TOKEN; without it the temporary key is refused.
+	tmp := srv.AssumeRole(t)
+	t.Setenv("AWS_ACCESS_KEY_ID", tmp.AccessKeyID)
+	t.Setenv("AWS_SECRET_ACCESS_KEY", tmp.SecretAccessKey)
+	if out := ctl(t, 1, with("backup", "list")...); strings.Contains(out, m.BackupID) {
+		t.Fatalf("temporary credentials without their session token listed the store:\n%s", out)
+	}
+	t.Setenv("AWS_SESSION_TOKEN", tmp.SessionToken)
+	if out := ctl(t, 0, with("backup", "list")...); !strings.Contains(out, "db-1 "+m.BackupID) {
+		t.Fatalf("temporary credentials with AWS_SESSION_TOKEN: %s", out)
+	}
+	if out := ctl(t, 0, with("backup", "list")...); strings.Contains(out, tmp.SessionToken) || strings.Contains(out, tmp.SecretAccessKey) {
+		t.Fatal("the output shows a credential")
+	}
+	t.Setenv("AWS_ACCESS_KEY_ID", miniotest.AccessKey)
+	t.Setenv("AWS_SECRET_ACCESS_KEY", miniotest.SecretKey)
+	t.Setenv("AWS_SESSION_TOKEN", "")
 	id := []string{"--key", keys + ".key", "--node", "db-1", "--id", m.BackupID, "--quiet"}
 	if out := ctl(t, 0, with(append([]string{"backup", "verify"}, id...)...)...); !strings.Contains(out, "authentic") {
 		t.Fatal(out)

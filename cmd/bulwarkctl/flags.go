@@ -79,6 +79,7 @@ var (
 	s3Env = []envVar{
 		{"AWS_ACCESS_KEY_ID", "the S3 access key, for s3:// stores (never a flag: other users see flags)"},
 		{"AWS_SECRET_ACCESS_KEY", "the S3 secret key, for s3:// stores"},
+		{"AWS_SESSION_TOKEN", "the session token of temporary S3 credentials (STS), for s3:// stores"},
 	}
 )
 

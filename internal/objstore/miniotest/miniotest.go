@@ -20,6 +20,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/minio/minio-go/v7/pkg/credentials"
+
 	"github.com/bulwarkvm/bulwark/internal/objstore/s3"
 	"github.com/bulwarkvm/bulwark/internal/proc"
 )
@@ -223,6 +225,27 @@ func (s *Server) MakeBucket(t T, name string) {
 			t.Fatalf("bucket %s: %v", name, err)
 		}
 	}
+}
+
+// AssumeRole asks the server's STS (AssumeRole, signed with the test
+// user's keys) for temporary credentials of that user: an access key and
+// secret of their own and a session token, valid for 15 minutes.
+func (s *Server) AssumeRole(t T) credentials.Value {
+	t.Helper()
+	c, err := credentials.NewSTSAssumeRole(s.Endpoint(), credentials.STSAssumeRoleOptions{
+		AccessKey: AccessKey, SecretKey: SecretKey, Location: s.Region, DurationSeconds: 900,
+	})
+	if err != nil {
+		t.Fatalf("AssumeRole: %v", err)
+	}
+	v, err := c.GetWithContext(&credentials.CredContext{Client: http.DefaultClient})
+	if err != nil {
+		t.Fatalf("AssumeRole: %v", err)
+	}
+	if v.SessionToken == "" || v.AccessKeyID == AccessKey {
+		t.Fatalf("AssumeRole gave no temporary credentials: key %q, token %d bytes", v.AccessKeyID, len(v.SessionToken))
+	}
+	return v
 }
 
 func (s *Server) String() string { return fmt.Sprintf("MinIO %s (%s)", s.Addr, s.Region) }

@@ -56,31 +56,12 @@ func exercise(t *testing.T, st objstore.Store) {
 	}
 }
 
-// assumeRole asks MinIO's STS for temporary credentials of its user.
-func assumeRole(t *testing.T, srv *miniotest.Server) credentials.Value {
-	t.Helper()
-	c, err := credentials.NewSTSAssumeRole(srv.Endpoint(), credentials.STSAssumeRoleOptions{
-		AccessKey: miniotest.AccessKey, SecretKey: miniotest.SecretKey, Location: srv.Region, DurationSeconds: 900,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	v, err := c.GetWithContext(&credentials.CredContext{Client: http.DefaultClient})
-	if err != nil {
-		t.Fatalf("AssumeRole: %v", err)
-	}
-	if v.SessionToken == "" || v.AccessKeyID == miniotest.AccessKey {
-		t.Fatalf("AssumeRole gave no temporary credentials: key %q, token %d bytes", v.AccessKeyID, len(v.SessionToken))
-	}
-	return v
-}
-
 // TestS3SessionToken: temporary credentials from MinIO's STS AssumeRole
 // work with their session token, and are refused without it.
 func TestS3SessionToken(t *testing.T) {
 	srv := miniotest.Start(t, miniotest.Options{Region: "eu-north-1"})
 	srv.MakeBucket(t, "bulwark")
-	v := assumeRole(t, srv)
+	v := srv.AssumeRole(t)
 	o := s3Options(srv, "bulwark", "eu-north-1")
 	o.AccessKey, o.SecretKey = v.AccessKeyID, v.SecretAccessKey
 	o.Attempts = 1
@@ -264,7 +245,7 @@ func (m *imds) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func TestS3InstanceRole(t *testing.T) {
 	srv := miniotest.Start(t, miniotest.Options{Region: "eu-north-1"})
 	srv.MakeBucket(t, "bulwark")
-	m := &imds{creds: assumeRole(t, srv)}
+	m := &imds{creds: srv.AssumeRole(t)}
 	md := httptest.NewServer(m)
 	defer md.Close()
 
