@@ -37,7 +37,8 @@ const backupUID = config.BackupUID
 const backupProgram = "/usr/libexec/bulwark/backup"
 
 // startBackups sets up the backup encryptor as a process of its own
-// (services/backup): it holds the service's public key (the private key
+// (the program services/backup/cmd/bulwark-backup on the system image,
+// the protocol services/backup): it holds the service's public key (the private key
 // never enters the node) and the object-store credentials, and reaches the
 // store, which must be in the node's region. PID1 keeps what needs root:
 // the staging directory on the first data volume (the process's own),

@@ -264,6 +264,8 @@ func TestS3CredentialsAndAddressing(t *testing.T) {
 		{"token a commitment", ip + `,"access_key":"a","secret_key":"s","session_token":"` + CommitmentPrefix + strings.Repeat("ab", 32) + `"`, "", "backup.store.s3.session_token: this is a redacted config's commitment"},
 		{"addressing", ip + `,"addressing":"dns","access_key":"a","secret_key":"s"`, "", `backup.store.s3.addressing: "dns" is not path or virtual`},
 		{"virtual on an IP", ip + `,"addressing":"virtual","access_key":"a","secret_key":"s"`, "", "backup.store.s3.addressing: virtual needs a host name"},
+		{"virtual with a dotted bucket", `"endpoint":"https://s3.eu-north-1.amazonaws.com","bucket":"my.bkt","addressing":"virtual","access_key":"a","secret_key":"s"`, "", `backup.store.s3.addressing: virtual with the bucket "my.bkt" over https`},
+		{"instance role with two static fields", ip + `,"credentials":"instance_role","secret_key":"s","session_token":"t"`, imds, "backup.store.s3.secret_key: must be absent"},
 		{"owner", ip + `,"access_key":"a","secret_key":"s","expected_bucket_owner":"12345678901x"`, "", `backup.store.s3.expected_bucket_owner: "12345678901x" is not a 12-digit AWS account id`},
 	} {
 		if _, err := Parse([]byte(doc(tc.s3, tc.metadata))); err == nil || !strings.Contains(err.Error(), tc.want) {

@@ -228,9 +228,11 @@ func (c *Config) validateS3(s *S3) error {
 			return errors.New("backup.store.s3: access_key and secret_key are required (or credentials: instance_role)")
 		}
 	case "instance_role":
-		for name, v := range map[string]string{"access_key": s.AccessKey, "secret_key": s.SecretKey, "session_token": s.SessionToken} {
-			if v != "" {
-				return fmt.Errorf("backup.store.s3.%s: must be absent with credentials instance_role (the role's credentials come from the metadata service)", name)
+		// In a fixed order, so that the error names the same field
+		// each time.
+		for _, f := range []struct{ name, v string }{{"access_key", s.AccessKey}, {"secret_key", s.SecretKey}, {"session_token", s.SessionToken}} {
+			if f.v != "" {
+				return fmt.Errorf("backup.store.s3.%s: must be absent with credentials instance_role (the role's credentials come from the metadata service)", f.name)
 			}
 		}
 		// The credentials come from the metadata service, which the
@@ -246,9 +248,9 @@ func (c *Config) validateS3(s *S3) error {
 	// A redacted config holds commitments where the secrets were: one on
 	// a node would be measured as the commitment of itself, and no
 	// auditor's copy would match.
-	for name, v := range map[string]string{"secret_key": s.SecretKey, "session_token": s.SessionToken} {
-		if strings.HasPrefix(v, CommitmentPrefix) {
-			return fmt.Errorf("backup.store.s3.%s: this is a redacted config's commitment, not the secret: give the node the full config", name)
+	for _, f := range []struct{ name, v string }{{"secret_key", s.SecretKey}, {"session_token", s.SessionToken}} {
+		if strings.HasPrefix(f.v, CommitmentPrefix) {
+			return fmt.Errorf("backup.store.s3.%s: this is a redacted config's commitment, not the secret: give the node the full config", f.name)
 		}
 	}
 	if s.SessionToken != "" && len(s.SessionToken) > 8192 {
@@ -261,6 +263,11 @@ func (c *Config) validateS3(s *S3) error {
 		// no names below it.
 		if _, err := netip.ParseAddr(u.Hostname()); err == nil {
 			return fmt.Errorf("backup.store.s3.addressing: virtual needs a host name in the endpoint, not the IP address %s", u.Hostname())
+		}
+		// A dot in the bucket adds a label to the host name, which a
+		// TLS certificate for *.host does not cover.
+		if strings.Contains(s.Bucket, ".") && u.Scheme == "https" {
+			return fmt.Errorf("backup.store.s3.addressing: virtual with the bucket %q over https: a bucket name with dots is not covered by the endpoint's wildcard certificate; use addressing path", s.Bucket)
 		}
 	default:
 		return fmt.Errorf("backup.store.s3.addressing: %q is not path or virtual", s.Addressing)

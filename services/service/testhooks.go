@@ -12,8 +12,8 @@ import (
 	"github.com/bulwarkvm/bulwark/internal/control"
 )
 
-// Test-only operations, compiled only into the test image's init
-// (-tags bulwarktest): TestServiceIsolation makes a service panic
+// Test-only operations, compiled only into the test image's init and
+// backup program (-tags bulwarktest): TestServiceIsolation makes a service panic
 // outside any recovery, and make a system call its filter forbids.
 func addTestHooks(h map[string]control.Handler) {
 	h["test.panic"] = func(context.Context, json.RawMessage, []*os.File) (any, []*os.File, error) {

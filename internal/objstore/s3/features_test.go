@@ -333,6 +333,10 @@ func TestS3Timeout(t *testing.T) {
 			io.WriteString(w, `<?xml version="1.0" encoding="UTF-8"?><LocationConstraint xmlns="http://s3.amazonaws.com/doc/2006-03-01/">r1</LocationConstraint>`)
 			return
 		}
+		if r.URL.Query().Has("list-type") { // New's one-key listing
+			io.WriteString(w, `<?xml version="1.0" encoding="UTF-8"?><ListBucketResult><Name>bulwark</Name><IsTruncated>false</IsTruncated></ListBucketResult>`)
+			return
+		}
 		w.Header().Set("Content-Length", "1000000")
 		w.Header().Set("Last-Modified", time.Now().UTC().Format(http.TimeFormat))
 		w.Header().Set("ETag", `"0123456789abcdef0123456789abcdef"`)

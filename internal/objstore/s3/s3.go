@@ -185,8 +185,34 @@ func New(ctx context.Context, o Options) (*Store, error) {
 	if loc != s.o.Region {
 		return nil, &RegionError{Bucket: s.o.Bucket, BucketRegion: loc, NodeRegion: s.o.Region}
 	}
+	// The location request goes to the configured host; the client
+	// picks its own for AWS names (from the region). One listing of a
+	// single key through the client finds, at boot rather than at the
+	// first round, a host it would use that is not the configured one.
+	err = objstore.Retry(ctx, s.o.Attempts, s.o.Backoff, func() error {
+		lctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		prefix := ""
+		if s.o.Prefix != "" {
+			prefix = s.o.Prefix + "/"
+		}
+		for o := range s.c.ListObjects(lctx, s.o.Bucket, minio.ListObjectsOptions{Prefix: prefix, MaxKeys: 1}) {
+			if o.Err != nil {
+				return classify(o.Err)
+			}
+			break
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("objstore: bucket %q at %s: %w", s.o.Bucket, s.base, err)
+	}
 	return s, nil
 }
+
+// maxListed bounds a listing: the bucket's answers are untrusted, and one
+// that says "truncated" for ever must not grow the process without end.
+const maxListed = 1 << 20
 
 // newStore is the client, unchecked against the bucket.
 func newStore(o Options) (*Store, error) {
@@ -199,7 +225,7 @@ func newStore(o Options) (*Store, error) {
 		// The metadata service is plain http on a link-local address;
 		// its client has the same bounded waits as the store's.
 		creds = credentials.New(&credentials.IAM{
-			Client:   &http.Client{Transport: newTransport(o, nil), Timeout: o.Timeout},
+			Client:   &http.Client{Transport: imdsv2Only{newTransport(o, nil)}, Timeout: o.Timeout},
 			Endpoint: o.MetadataEndpoint,
 		})
 	} else {
@@ -280,7 +306,10 @@ func (s *Store) key(name string) (string, error) {
 // permanentCodes are the service's errors that a retry cannot fix.
 var permanentCodes = []string{"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "NoSuchBucket", "NoSuchKey",
 	"InvalidBucketName", "AuthorizationHeaderMalformed", "InvalidRegion", "InvalidToken", "ExpiredToken", "PermanentRedirect",
-	"InvalidArgument", "BadDigest", "XAmzContentChecksumMismatch", "InvalidDigest"}
+	"InvalidArgument"}
+
+// A checksum mismatch (BadDigest, XAmzContentChecksumMismatch) means the
+// bytes were damaged on the way: a retry sends them again.
 
 // Error is an error answer from the service.
 type Error struct {
@@ -354,10 +383,13 @@ func (s *Store) location(ctx context.Context) (string, error) {
 	}
 	if resp.StatusCode == http.StatusOK {
 		var loc struct {
-			Region string `xml:",chardata"`
+			XMLName xml.Name
+			Region  string `xml:",chardata"`
 		}
-		if err := xml.Unmarshal(raw, &loc); err != nil {
-			return "", fmt.Errorf("s3: unreadable bucket location: %w", err)
+		// Anything but a LocationConstraint (an error document, a
+		// proxy's page) is no answer: it must not read as us-east-1.
+		if err := xml.Unmarshal(raw, &loc); err != nil || loc.XMLName.Local != "LocationConstraint" {
+			return "", fmt.Errorf("s3: the bucket's location answer is not a LocationConstraint document (%d bytes, status 200)", len(raw))
 		}
 		switch r := strings.TrimSpace(loc.Region); r {
 		case "":
@@ -488,6 +520,9 @@ func (s *Store) List(ctx context.Context, prefix string) ([]objstore.Object, err
 			if s.o.Prefix != "" {
 				name = strings.TrimPrefix(name, s.o.Prefix+"/")
 			}
+			if len(out) == maxListed {
+				return objstore.Permanent(fmt.Errorf("objstore: the listing of %q goes on past %d objects: refused", full, maxListed))
+			}
 			out = append(out, objstore.Object{Name: name, Size: o.Size})
 		}
 		if err := ctx.Err(); err != nil {
@@ -592,4 +627,26 @@ func redactEndpoint(s string) string {
 		s = s[:q] + "?REDACTED"
 	}
 	return s
+}
+
+// imdsv2Only refuses a metadata request without a session token: the
+// credentials client falls back to IMDSv1 (no token) when the token
+// request fails, and the node promises IMDSv2.
+type imdsv2Only struct{ next http.RoundTripper }
+
+func (t imdsv2Only) RoundTrip(req *http.Request) (*http.Response, error) {
+	if req.Method != http.MethodPut && req.Header.Get("X-Aws-Ec2-Metadata-Token") == "" {
+		if req.Body != nil {
+			req.Body.Close()
+		}
+		return nil, objstore.Permanent(errors.New("objstore: the metadata service gave no IMDSv2 session token; not asking without one (IMDSv1)"))
+	}
+	return t.next.RoundTrip(req)
+}
+
+// String names the options without their secrets (a %v or %+v of
+// Options in a log or a test failure).
+func (o Options) String() string {
+	return fmt.Sprintf("s3.Options{Endpoint: %s, Bucket: %q, Prefix: %q, Region: %q, InstanceRole: %v, VirtualHosted: %v}",
+		redactEndpoint(o.Endpoint), o.Bucket, o.Prefix, o.Region, o.InstanceRole, o.VirtualHosted)
 }

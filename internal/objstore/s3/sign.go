@@ -2,6 +2,7 @@ package s3
 
 import (
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/url"
@@ -69,7 +70,40 @@ func (t *signing) RoundTrip(req *http.Request) (*http.Response, error) {
 		}
 	}
 	r.Header.Del("Authorization")
-	return t.next.RoundTrip(signer.SignV4(*r, v.AccessKeyID, v.SecretAccessKey, v.SessionToken, t.region))
+	resp, err := t.next.RoundTrip(signer.SignV4(*r, v.AccessKeyID, v.SecretAccessKey, v.SessionToken, t.region))
+	if err == nil && !(req.Method == http.MethodGet && req.URL.RawQuery == "") {
+		// Every answer but an object's content is an XML document the
+		// client reads whole; the bucket is untrusted, so a document
+		// past maxDocument fails instead of growing the process.
+		resp.Body = &limitedBody{ReadCloser: resp.Body, left: maxDocument}
+	}
+	return resp, err
+}
+
+// maxDocument bounds an XML answer (a listing page of 1000 keys is about
+// 300 KiB).
+const maxDocument = 8 << 20
+
+type limitedBody struct {
+	io.ReadCloser
+	left int64
+}
+
+func (b *limitedBody) Read(p []byte) (int, error) {
+	if b.left < 0 {
+		return 0, fmt.Errorf("objstore: the service's answer is larger than %d bytes: refused", maxDocument)
+	}
+	// One byte past the bound is read, to tell a document of exactly
+	// maxDocument bytes (then EOF) from a longer one.
+	if int64(len(p)) > b.left {
+		p = p[:b.left+1]
+	}
+	n, err := b.ReadCloser.Read(p)
+	b.left -= int64(n)
+	if b.left < 0 {
+		return n, fmt.Errorf("objstore: the service's answer is larger than %d bytes: refused", maxDocument)
+	}
+	return n, err
 }
 
 // hostError is a request the client would have sent to a host other than

@@ -1,14 +1,15 @@
-// Command bulwark-backup is the backup rounds' own process: it reads the backup
-// sources, encrypts them (internal/backup) and talks to the object store
-// (internal/objstore). PID1 starts it from the system image
-// (/usr/libexec/bulwark/backup) as its own uid, with one capability, CAP_DAC_READ_SEARCH, to
-// read the workload's files, which Landlock narrows to the sources (read
-// only) and the staging directory and a directory store (read and write).
-// It changes nothing of the workload's: a spool file is removed, once its
-// backup is stored, by PID1 on request (bsvc.RemoveSpoolFile); a
-// command source is started by PID1 as the workload's user, which passes
-// its standard output in. It holds the S3 credentials and the service's
+// The backup rounds: this process reads the backup sources, encrypts them
+// (internal/backup) and talks to the object store (internal/objstore/s3,
+// or a directory store). It runs as its own uid, with one capability,
+// CAP_DAC_READ_SEARCH, to read the workload's files, which Landlock
+// narrows to the sources (read only) and the staging directory and a
+// directory store (read and write). It changes nothing of the workload's:
+// a spool file is removed, once its backup is stored, by PID1 on request
+// (internal/backup's RemoveSpoolFile, through bsvc.OpRemove); a command
+// source is started by PID1 as the workload's user, which passes its
+// standard output in. It holds the S3 credentials and the service's
 // public key; never a TLS key or a volume key.
+
 package main
 
 import (
@@ -43,7 +44,9 @@ import (
 // follows a symbolic link), its staging files and the segments' secrets.
 var Syscalls = []string{"socket", "connect", "bind", "openat2", "getdents64", "fsync", "fdatasync", "ftruncate",
 	"linkat", "unlinkat", "renameat", "renameat2", "mkdirat", "statx", "fchmod", "fchown", "sendto", "recvfrom", "ppoll",
-	// net/http sends a staged file's body with sendfile or splice.
+	// net/http can send a body that is a file with sendfile or splice
+	// (minio-go wraps every body today, so it does not; kept for a
+	// directory store's copies and for a client that passes files on).
 	"sendfile", "splice", "copy_file_range", "fadvise64",
 	// each segment's secret lives in locked memory (internal/secret).
 	"mlock", "munlock"}
