@@ -46,8 +46,9 @@ var Runtime = []string{
 	// memory and threads
 	"mmap", "munmap", "madvise", "mprotect", "brk", "mremap", "clone", "clone3", "set_robust_list", "rseq",
 	"futex", "sched_yield", "sched_getaffinity", "gettid", "getpid", "tgkill", "exit", "exit_group",
-	// signals
-	"rt_sigaction", "rt_sigprocmask", "rt_sigreturn", "sigaltstack",
+	// signals; restart_syscall is how the kernel resumes a sleep that a
+	// stop and continue interrupted (TestStopContinue)
+	"rt_sigaction", "rt_sigprocmask", "rt_sigreturn", "sigaltstack", "restart_syscall",
 	// time
 	"nanosleep", "clock_gettime", "clock_nanosleep", "gettimeofday", "setitimer", "timer_create", "timer_settime", "timer_delete",
 	// the poller and descriptors

@@ -1,21 +1,29 @@
 package sandbox
 
 import (
+	"bufio"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
+	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
 
 // TestMain runs the confined child of TestApply when started as one.
 func TestMain(m *testing.M) {
-	if os.Getenv("BULWARK_SANDBOX_CHILD") == "1" {
+	switch os.Getenv("BULWARK_SANDBOX_CHILD") {
+	case "1":
 		os.Exit(child())
+	case "sleep":
+		os.Exit(sleeper())
 	}
 	os.Exit(m.Run())
 }
@@ -42,6 +50,56 @@ func child() int {
 	unix.Syscall(unix.SYS_UNSHARE, unix.CLONE_NEWNS, 0, 0)
 	fmt.Println("still alive after unshare")
 	return 0
+}
+
+// sleeper is TestStopContinue's confined child: one thread sleeps in
+// nanosleep while the test stops and continues the process.
+func sleeper() int {
+	if _, err := Apply(Policy{}); err != nil {
+		fmt.Println("apply:", err)
+		return 1
+	}
+	runtime.LockOSThread()
+	fmt.Println("sleeping")
+	ts := unix.Timespec{Sec: 2}
+	_, _, e := unix.Syscall(unix.SYS_NANOSLEEP, uintptr(unsafe.Pointer(&ts)), 0, 0)
+	fmt.Println("slept:", e)
+	return 0
+}
+
+// TestStopContinue: a confined process that is stopped (SIGSTOP) and
+// continued while a thread sleeps goes on. The kernel resumes the
+// interrupted sleep with restart_syscall, which the filter must allow: a
+// stop and continue (a debugger, a freezer, an operator's kill -STOP)
+// must not kill a service by SIGSYS.
+func TestStopContinue(t *testing.T) {
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), "BULWARK_SANDBOX_CHILD=sleep")
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	r := bufio.NewReader(out)
+	line, err := r.ReadString('\n')
+	if err != nil || line != "sleeping\n" {
+		cmd.Process.Kill()
+		cmd.Wait()
+		t.Fatalf("child: %q %v", line, err)
+	}
+	// The thread is in nanosleep within a moment of its line.
+	time.Sleep(300 * time.Millisecond)
+	cmd.Process.Signal(syscall.SIGSTOP)
+	time.Sleep(100 * time.Millisecond)
+	cmd.Process.Signal(syscall.SIGCONT)
+	rest, _ := io.ReadAll(r)
+	err = cmd.Wait()
+	if err != nil || !strings.Contains(string(rest), "slept") {
+		t.Fatalf("the stopped and continued child: %v (want exit 0 after its sleep)\n%s", err, rest)
+	}
 }
 
 // TestApply: a confined process has no_new_privs and seccomp mode 2, may
