@@ -24,7 +24,7 @@ func main() {
 
 	b.stage("mounts", mountPseudoFilesystems) // /proc /sys /dev /run, kernel log
 	b.stage("hardening", harden)              // no core dumps, no kexec, no swap
-	b.stage("modules", loadModules)           // early modules now; volume and IPsec ones in the background
+	b.stage("modules", loadModules)           // early modules now; system image, volume and IPsec ones in the background
 	b.stage("power button", watchPowerButton) // ACPI power button -> shutdown
 	b.stage("entropy", waitForEntropy)        // kernel RNG ready before any key; TPM randomness mixed in
 	b.stage("config", readConfig)             // fw_cfg or BULWARKCFG volume, strict

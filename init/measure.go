@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"encoding/hex"
+	"errors"
 	"fmt"
 
 	"github.com/bulwarkvm/bulwark/internal/mgmt"
@@ -52,11 +53,11 @@ func measure(b *boot) (string, error) {
 	}
 	// The system image's root hash, before the workload runs anything
 	// from it: bulwarkctl attest --image compares it with the build.
-	what := ""
-	if sysImg != nil {
-		events = append(events, tpm.Event{Kind: tpm.EventSystemImage, Name: usrMount, SHA256: hex.EncodeToString(sysImg.root)})
-		what = ", system image"
+	if sysImg == nil {
+		return "", errors.New("measure: no system image is mapped")
 	}
+	events = append(events, tpm.Event{Kind: tpm.EventSystemImage, Name: usrMount, SHA256: hex.EncodeToString(sysImg.root)})
+	what := ", system image"
 	for _, e := range events {
 		if err := b.tpm.Measure(e); err != nil {
 			return "", err

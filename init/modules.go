@@ -16,10 +16,13 @@ import (
 const modulesList = "/etc/bulwark/modules.list"
 
 // loadModules loads the modules the image ships, dependencies first: the
-// ones the early stages need now, the ones only the volumes and IPsec
-// stages need (dm-crypt, ext4, XFRM, ESP and their ciphers) in the
-// background while config, firewall and network run; those two stages
-// wait for them (awaitModules). The config volume's file systems load only
+// ones the early stages need now; in the background while config,
+// firewall and network run, first the system image's (dm-verity,
+// squashfs), which the system image stage waits for alone
+// (awaitSystemImageModules), then the ones only the volumes and IPsec
+// stages need (dm-crypt, ext4, XFRM, ESP and their ciphers), which those
+// stages wait for (awaitModules) and which may still load after the usr
+// stage has covered the initramfs's /usr. The config volume's file systems load only
 // when there is a config volume (loadOnDemand). A required module that
 // fails is fatal; an optional one (CPU-specific acceleration) is a warning.
 func loadModules(b *boot) (string, error) {

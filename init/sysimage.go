@@ -57,9 +57,20 @@ type systemImage struct {
 	node       string // /dev/mapper/bulwark-usr
 	dev        uint64 // its device number
 	uevents    int    // netlink socket for dm-verity's error events
+	stagingDir string // tests only: the staged image's directory
 }
 
-// sysImg is set by the system image stage; nil when the node has none.
+// staging is where the image is mounted while the stages before usr run
+// (a test's directory in unit tests).
+func (si *systemImage) staging() string {
+	if si.stagingDir != "" {
+		return si.stagingDir
+	}
+	return usrStaging
+}
+
+// sysImg is set by the system image stage (every node has one; the stage
+// halts the node otherwise).
 var sysImg *systemImage
 
 // setUpSystemImage finds the system image the kernel command line names
@@ -112,8 +123,9 @@ func setUpSystemImage(b *boot) (string, error) {
 
 // mountSystemUsr moves the system image onto /usr, after the volumes
 // stage (which runs mke2fs from the initramfs's /usr) and before the
-// workload. The initramfs's /usr (its tools and the kernel modules, all
-// loaded by now) is hidden from then on.
+// workload. The initramfs's /usr (its tools and kernel modules) is hidden
+// from then on; the module loader, which may still be loading the
+// background set, reaches them through a descriptor (modules.go).
 func mountSystemUsr(b *boot) (string, error) {
 	if sysImg == nil {
 		return "", errors.New("usr: no system image is mapped")
@@ -362,34 +374,57 @@ func (si *systemImage) corrupted() string {
 	return ""
 }
 
-// checkWorkload requires the workload's program to be on the image (with
-// a system image, the workload runs only programs from it) and reads it
-// through, so that a program the image does not verify stops the node
-// before anything is formatted.
+// checkWorkload requires every program PID1 will start from the image
+// to be on it, and reads each through, so that a program that is not
+// there, or that the image does not verify, stops the node before
+// anything is formatted: the workload's program, each backup command
+// source's (run as the workload's user), and the backup service's own
+// program when there is a backup section.
 func (si *systemImage) checkWorkload(b *boot) error {
-	w := b.cfg.Workload
-	if w == nil {
-		return nil
+	if w := b.cfg.Workload; w != nil {
+		if err := si.checkProgram("the workload's program", w.Command[0]); err != nil {
+			return err
+		}
 	}
-	prog := w.Command[0]
-	staged, err := stagedPath(usrStaging, prog)
+	if bk := b.cfg.Backup; bk != nil {
+		for i, src := range bk.Sources {
+			if src.Kind == "command" {
+				if err := si.checkProgram(fmt.Sprintf("backup.sources[%d]'s program", i), src.Command[0]); err != nil {
+					return err
+				}
+			}
+		}
+		if err := si.checkProgram("the backup service's program", backupProgram); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// checkProgram requires prog to be a file on the image and reads it
+// through.
+func (si *systemImage) checkProgram(what, prog string) error {
+	staged, err := stagedPath(si.staging(), prog)
 	if err != nil {
-		return fmt.Errorf("system image: the workload's program %s: %w", prog, err)
+		return fmt.Errorf("system image: %s %s: %w", what, prog, err)
 	}
 	f, err := os.Open(staged)
 	if err != nil {
-		return fmt.Errorf("system image: the workload's program %s is not on the system image: %w", prog, err)
+		return fmt.Errorf("system image: %s %s is not on the system image: %w", what, prog, err)
 	}
 	defer f.Close()
 	st, err := f.Stat()
 	if err != nil || !st.Mode().IsRegular() {
-		return fmt.Errorf("system image: the workload's program %s is not a file on the system image", prog)
+		return fmt.Errorf("system image: %s %s is not a file on the system image", what, prog)
+	}
+	if st.Mode().Perm()&0o001 == 0 {
+		return fmt.Errorf("system image: %s %s is not executable by others (mode %v): unprivileged processes could not run it", what, prog, st.Mode().Perm())
 	}
 	if _, err := io.Copy(io.Discard, f); err != nil {
 		if why := si.corrupted(); why != "" {
-			return fmt.Errorf("system image: dm-verity: the workload's program %s fails verification: %s (%v)", prog, why, err)
+			return fmt.Errorf("system image: dm-verity: %s %s fails verification: %s (%v)", what, prog, why, err)
 		}
-		return fmt.Errorf("system image: reading the workload's program %s: %w", prog, err)
+		return fmt.Errorf("system image: reading %s %s: %w", what, prog, err)
 	}
 	return nil
 }

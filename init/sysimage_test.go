@@ -11,6 +11,7 @@ import (
 
 	"github.com/google/uuid"
 
+	"github.com/bulwarkvm/bulwark/internal/config"
 	"github.com/bulwarkvm/bulwark/internal/efidisk"
 	"github.com/bulwarkvm/bulwark/internal/imagebuild"
 	"github.com/bulwarkvm/bulwark/internal/verity"
@@ -155,6 +156,46 @@ func TestStagedPath(t *testing.T) {
 	} {
 		if _, err := stagedPath(staging, p); err == nil || !strings.Contains(err.Error(), wantErr) {
 			t.Errorf("%s: %v, want %q", p, err, wantErr)
+		}
+	}
+}
+
+// TestProgramsOnImage: every program PID1 starts as the workload's user
+// or as the backup service must be an executable file on the system
+// image: a backup command source outside /usr (here the init itself) is
+// refused before anything is formatted, as is a missing or unexecutable
+// backup program.
+func TestProgramsOnImage(t *testing.T) {
+	staging := t.TempDir()
+	os.MkdirAll(filepath.Join(staging, "lib", "postgresql", "bin"), 0o755)
+	os.MkdirAll(filepath.Join(staging, "libexec", "bulwark"), 0o755)
+	os.WriteFile(filepath.Join(staging, "lib", "postgresql", "bin", "postgres"), []byte("p"), 0o755)
+	os.WriteFile(filepath.Join(staging, "lib", "postgresql", "bin", "pg_dump"), []byte("d"), 0o755)
+	prog := filepath.Join(staging, strings.TrimPrefix(backupProgram, "/usr/"))
+	si := &systemImage{stagingDir: staging}
+	cfg := func(cmd string) *boot {
+		return &boot{cfg: &config.Config{
+			Workload: &config.Workload{Command: []string{"/usr/lib/postgresql/bin/postgres"}, UID: 999, GID: 999},
+			Backup:   &config.Backup{Sources: []config.BackupSource{{Kind: "tree", Path: "/data"}, {Kind: "command", Command: []string{cmd}}}},
+		}}
+	}
+	if err := si.checkWorkload(cfg("/usr/lib/postgresql/bin/pg_dump")); err == nil || !strings.Contains(err.Error(), "the backup service's program "+backupProgram+": not on the system image") {
+		t.Errorf("no backup program on the image: %v", err)
+	}
+	os.WriteFile(prog, []byte("b"), 0o700)
+	if err := si.checkWorkload(cfg("/usr/lib/postgresql/bin/pg_dump")); err == nil || !strings.Contains(err.Error(), "not executable by others") {
+		t.Errorf("a backup program only root may run: %v", err)
+	}
+	os.Chmod(prog, 0o755)
+	if err := si.checkWorkload(cfg("/usr/lib/postgresql/bin/pg_dump")); err != nil {
+		t.Errorf("every program on the image: %v", err)
+	}
+	for cmd, want := range map[string]string{
+		"/init":                       "backup.sources[1]'s program /init: it is not under /usr",
+		"/usr/lib/postgresql/bin/nox": "backup.sources[1]'s program /usr/lib/postgresql/bin/nox: not on the system image",
+	} {
+		if err := si.checkWorkload(cfg(cmd)); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("command source %s: %v, want %q", cmd, err, want)
 		}
 	}
 }

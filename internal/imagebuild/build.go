@@ -234,7 +234,13 @@ func (o *Options) Prepare() error {
 	if o.InitPackage == "" {
 		o.InitPackage = "./init"
 	}
-	if o.Packages == nil {
+	if strings.Contains(" "+o.CmdlineExtra, " "+UsrHashParam+"=") {
+		return fmt.Errorf("imagebuild: the kernel command line may not name %s=: the build adds the system image's own", UsrHashParam)
+	}
+	if o.NoPackages && len(o.Packages) > 0 {
+		return fmt.Errorf("imagebuild: packages given with NoPackages")
+	}
+	if o.Packages == nil && !o.NoPackages {
 		o.Packages = slices.Clone(DefaultPackages)
 	}
 	if o.NoPackages {

@@ -108,6 +108,8 @@ func TestBadOptions(t *testing.T) {
 		{Options{CmdlineExtra: "a\nb"}, "line breaks"},
 		{Options{Packages: []string{"postgresql-15", "-o Debug::pkgProblemResolver=1"}}, `packages: deb: "-o Debug::pkgProblemResolver=1" is not a Debian package name`},
 		{Options{Packages: []string{}}, "no packages for the system image"},
+		{Options{CmdlineExtra: "quiet bulwark.usrhash=" + strings.Repeat("0", 64)}, "may not name bulwark.usrhash="},
+		{Options{NoPackages: true, Packages: []string{"postgresql-15"}}, "packages given with NoPackages"},
 	}
 	for _, c := range cases {
 		c.o.OutDir = t.TempDir()

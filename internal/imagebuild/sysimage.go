@@ -132,8 +132,9 @@ type SystemImage struct {
 	DebianInstalledBytes int64        `json:"debian_installed_bytes"`
 	Packages             []SysPackage `json:"packages"`
 	// Extra are the files that come from the build rather than from a
-	// package (Options.SystemFiles), with their digests.
-	Extra []Artifact `json:"extra_files,omitempty"`
+	// package, with their digests: the backup program and
+	// Options.SystemFiles.
+	Extra []Artifact `json:"extra_files"`
 	// Dropped counts what the image leaves out of the packages it takes
 	// whole, by reason.
 	Dropped map[string]DropCount `json:"dropped"`
@@ -306,7 +307,15 @@ func addSystemFiles(si *SystemImage, root *sysTree, files map[string]string) err
 		if err != nil {
 			return fmt.Errorf("imagebuild: system image: extra file %s: %w", dst, err)
 		}
-		if err := root.put(dst, &sysEntry{mode: st.Mode().Perm(), data: b, pkg: "the build"}); err != nil {
+		// The mode is fixed, not the build host's (go build and cp
+		// follow the umask): 0755 for a program, 0644 for data, so that
+		// every builder makes the same image and unprivileged processes
+		// can run its programs.
+		mode := fs.FileMode(0o644)
+		if st.Mode().Perm()&0o111 != 0 {
+			mode = 0o755
+		}
+		if err := root.put(dst, &sysEntry{mode: mode, data: b, pkg: "the build"}); err != nil {
 			return fmt.Errorf("imagebuild: system image: %w", err)
 		}
 		sum := sha256.Sum256(b)

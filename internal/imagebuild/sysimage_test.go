@@ -475,3 +475,35 @@ func TestFileExtent(t *testing.T) {
 		t.Errorf("another program was damaged too: %v", err)
 	}
 }
+
+// TestSystemFilesMode: the build's own files get a fixed mode in the
+// image (0755 for a program, 0644 for data) whatever the build host's
+// umask made of them, so that every builder makes the same image and an
+// unprivileged process can run its programs.
+func TestSystemFilesMode(t *testing.T) {
+	dir := t.TempDir()
+	prog, data := filepath.Join(dir, "prog"), filepath.Join(dir, "data")
+	os.WriteFile(prog, []byte("p"), 0o700)
+	os.WriteFile(data, []byte("d"), 0o600)
+	os.Chmod(prog, 0o700) // the umask may have taken more
+	os.Chmod(data, 0o600)
+	root := newSysTree()
+	si := &SystemImage{}
+	if err := addSystemFiles(si, root, map[string]string{"/usr/libexec/x/prog": prog, "/usr/share/x/data": data}); err != nil {
+		t.Fatal(err)
+	}
+	if m := root.m["/usr/libexec/x/prog"].mode; m != 0o755 {
+		t.Errorf("a program of mode 0700: %v in the image, want 0755", m)
+	}
+	if m := root.m["/usr/share/x/data"].mode; m != 0o644 {
+		t.Errorf("data of mode 0600: %v in the image, want 0644", m)
+	}
+	if len(si.Extra) != 2 {
+		t.Errorf("extra files: %+v", si.Extra)
+	}
+	for _, bad := range []string{"/etc/x", "/usr/../etc/x", "usr/x"} {
+		if err := addSystemFiles(&SystemImage{}, newSysTree(), map[string]string{bad: data}); err == nil {
+			t.Errorf("%s: accepted", bad)
+		}
+	}
+}

@@ -63,8 +63,9 @@ type Config struct {
 	// `["postgresql-15", "postgresql-15-pgaudit"]`.
 	Packages []string `mapstructure:"packages"`
 	// A system image without Debian packages: only bulwark's own files
-	// (for a workload that is one static program). Every node boots with
-	// a system image; there is no image without one.
+	// (the backup service's program). Every node boots with a system
+	// image; there is no image without one. `extra_files` go into the
+	// initramfs, not the system image.
 	NoPackages bool `mapstructure:"no_packages"`
 	// The directory keeping the fetched .deb files. Default
 	// `~/.cache/bulwark/debs`.
