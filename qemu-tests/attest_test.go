@@ -66,7 +66,7 @@ func TestAttestation(t *testing.T) {
 		Disks: []string{newDisk(t, dir, "d0", 64<<20)}})
 	vm.MustWaitFor(`^bulwark: ready$`, 3*time.Minute)
 	vm.MustWaitFor(`^bulwark:   entropy +ok .*kernel RNG ready.*, TPM 2.0 at /dev/tpmrm0 mixed into every key$`, time.Second)
-	vm.MustWaitFor(`^bulwark:   measure +ok .*PCR 15: 3 events \(config, firewall ruleset, 1 LUKS2 headers\)`, time.Second)
+	vm.MustWaitFor(`^bulwark:   measure +ok .*PCR 15: 4 events \(config, firewall ruleset, 1 LUKS2 headers, system image\)`, time.Second)
 	akLine := vm.MustWaitFor(`^bulwark: attestation key sha256:[0-9a-f]{64}$`, time.Second)
 	ak := regexp.MustCompile(`[0-9a-f]{64}`).FindString(akLine.Text)
 
@@ -130,7 +130,7 @@ func TestAttestation(t *testing.T) {
 	if out, code := op.run("", "attest", "verify", altered, "--config", redactedFile); code != 1 || !strings.Contains(out, "event log replays") {
 		t.Errorf("an altered event log: exit %d\n%s", code, out)
 	}
-	if out, _ := op.run("auditor", "status"); !strings.Contains(out, "tpm: TPM 2.0 at /dev/tpmrm0; PCR 15 holds 3 events; attestation key sha256:"+ak) {
+	if out, _ := op.run("auditor", "status"); !strings.Contains(out, "tpm: TPM 2.0 at /dev/tpmrm0; PCR 15 holds 4 events; attestation key sha256:"+ak) {
 		t.Errorf("status:\n%s", out)
 	}
 	if err := vm.PowerOff(2 * time.Minute); err != nil {

@@ -207,7 +207,10 @@ func TestVolumes(t *testing.T) {
 
 // A disk with a partition table (here a copy of the boot disk itself) is
 // never formatted: the node halts with the reason, and the disk is left
-// byte for byte as it was.
+// byte for byte as it was. The copy holds this build's usr partitions, so
+// the node boots without the separate system disk (two images would be
+// refused before the volumes stage): it maps its system image read-only
+// from the very disk the config then names as a data volume.
 func TestVolumeRefusesPartitionedDisk(t *testing.T) {
 	img := image(t)
 	dir := t.TempDir()
@@ -217,7 +220,7 @@ func TestVolumeRefusesPartitionedDisk(t *testing.T) {
 	}
 	before := fileDigest(t, disk)
 	cfg := `{"version": 1, "hostname": "refuse", "volumes": [{"name": "data", "serial": "data0", "mount": "/var/lib/data"}]}`
-	vm := harness.Start(t, harness.Options{Name: "refuse-boot-disk", Image: img, Config: []byte(cfg), Disks: []string{disk}, ExpectFatal: true})
+	vm := harness.Start(t, harness.Options{Name: "refuse-boot-disk", Image: img, Config: []byte(cfg), Disks: []string{disk}, ExpectFatal: true, NoSystemDisk: true})
 	vm.MustWaitFor(`^bulwark: FATAL: volumes: volume data: refusing to format: /dev/vda has a partition table`, 3*time.Minute)
 	vm.Kill()
 	if fileDigest(t, disk) != before {
