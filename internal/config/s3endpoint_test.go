@@ -42,19 +42,3 @@ func TestS3EndpointUserinfoNotEchoed(t *testing.T) {
 		}
 	}
 }
-
-func TestWithoutUserinfo(t *testing.T) {
-	for in, want := range map[string]string{
-		"https://10.0.0.1:9000":            "https://10.0.0.1:9000",
-		"https://u:p@10.0.0.1:9000":        "https://REDACTED@10.0.0.1:9000",
-		"https://u:p@x@10.0.0.1":           "https://REDACTED@10.0.0.1",
-		"https://u:p/q@10.0.0.1/":          "https://REDACTED@10.0.0.1/",
-		"u:p@10.0.0.1":                     "REDACTED@10.0.0.1",
-		"https://10.0.0.1/?token=t":        "https://10.0.0.1/?REDACTED",
-		"https://u:p?#@10.0.0.1?token=t#f": "https://REDACTED@10.0.0.1?REDACTED",
-	} {
-		if got := withoutUserinfo(in); got != want {
-			t.Errorf("withoutUserinfo(%q) = %q, want %q", in, got, want)
-		}
-	}
-}

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/bulwarkvm/bulwark/internal/cidr"
+	"github.com/bulwarkvm/bulwark/internal/objstore"
 	"github.com/bulwarkvm/bulwark/internal/pki"
 )
 
@@ -207,17 +208,17 @@ func (c *Config) onVolume(p string) bool {
 }
 
 func (c *Config) validateS3(s *S3) error {
-	// The endpoint appears in errors only through withoutUserinfo: a
+	// The endpoint appears in errors only through objstore.RedactURL: a
 	// password pasted into the URL must not reach the console.
 	u, err := url.Parse(s.Endpoint)
 	if err == nil && u.User != nil {
-		return fmt.Errorf("backup.store.s3.endpoint: %q carries user information (a name or password); give the credentials in access_key and secret_key", withoutUserinfo(s.Endpoint))
+		return fmt.Errorf("backup.store.s3.endpoint: %q carries user information (a name or password); give the credentials in access_key and secret_key", objstore.RedactURL(s.Endpoint))
 	}
 	if err != nil || u.Host == "" || (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" {
-		return fmt.Errorf("backup.store.s3.endpoint: %q is not https://host[:port]", withoutUserinfo(s.Endpoint))
+		return fmt.Errorf("backup.store.s3.endpoint: %q is not https://host[:port]", objstore.RedactURL(s.Endpoint))
 	}
 	if u.Scheme != "https" && !(u.Scheme == "http" && s.AllowHTTP) {
-		return fmt.Errorf("backup.store.s3.endpoint: %q must be https (or set allow_http)", withoutUserinfo(s.Endpoint))
+		return fmt.Errorf("backup.store.s3.endpoint: %q must be https (or set allow_http)", objstore.RedactURL(s.Endpoint))
 	}
 	if n := len(s.Bucket); n < 3 || n > 63 || strings.ToLower(s.Bucket) != s.Bucket || strings.ContainsAny(s.Bucket, "/ _") {
 		return fmt.Errorf("backup.store.s3.bucket: %q is not an S3 bucket name", s.Bucket)
@@ -300,27 +301,6 @@ func (c *Config) validateS3(s *S3) error {
 		}
 	}
 	return nil
-}
-
-// withoutUserinfo is a URL as an error may show it: the user information,
-// if any, replaced by REDACTED (https://REDACTED@host), and a query or
-// fragment by ?REDACTED. It works on the text, not on url.Parse's result,
-// so that a URL url.Parse refuses (a bad escape in a password, a '/' or
-// '#' in it) is redacted as well: everything up to the last '@' counts as
-// user information, even where that also hides a path. (internal/objstore
-// applies the same rule to the endpoints it is given.)
-func withoutUserinfo(s string) string {
-	if at := strings.LastIndexByte(s, '@'); at >= 0 {
-		scheme := ""
-		if i := strings.Index(s, "://"); i >= 0 && i < at {
-			scheme = s[:i+3]
-		}
-		s = scheme + "REDACTED@" + s[at+1:]
-	}
-	if q := strings.IndexAny(s, "?#"); q >= 0 {
-		s = s[:q] + "?REDACTED"
-	}
-	return s
 }
 
 func (c *Config) egressAllows(a netip.Addr, port int) bool {

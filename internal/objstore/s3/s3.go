@@ -129,9 +129,9 @@ func (o *Options) check() (*url.URL, error) {
 	case u.Scheme == "https":
 	case u.Scheme == "http" && o.AllowHTTP:
 	case u.Scheme == "http":
-		return nil, fmt.Errorf("objstore: endpoint %q is plain http; set allow_http to accept that", redactEndpoint(o.Endpoint))
+		return nil, fmt.Errorf("objstore: endpoint %q is plain http; set allow_http to accept that", objstore.RedactURL(o.Endpoint))
 	default:
-		return nil, fmt.Errorf("objstore: endpoint %q: scheme must be https", redactEndpoint(o.Endpoint))
+		return nil, fmt.Errorf("objstore: endpoint %q: scheme must be https", objstore.RedactURL(o.Endpoint))
 	}
 	if o.Bucket == "" {
 		return nil, errors.New("objstore: no bucket named")
@@ -600,33 +600,12 @@ func (c *idleConn) Write(p []byte) (int, error) {
 func endpointURL(endpoint string) (*url.URL, error) {
 	u, err := url.Parse(endpoint)
 	if err == nil && u.User != nil {
-		return nil, fmt.Errorf("objstore: endpoint %q carries user information (a name or password); give the credentials as the access and secret keys", redactEndpoint(endpoint))
+		return nil, fmt.Errorf("objstore: endpoint %q carries user information (a name or password); give the credentials as the access and secret keys", objstore.RedactURL(endpoint))
 	}
 	if err != nil || u.Host == "" || (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" {
-		return nil, fmt.Errorf("objstore: endpoint %q is not a URL of the form https://host[:port]", redactEndpoint(endpoint))
+		return nil, fmt.Errorf("objstore: endpoint %q is not a URL of the form https://host[:port]", objstore.RedactURL(endpoint))
 	}
 	return u, nil
-}
-
-// redactEndpoint is an endpoint as an error message may show it: the user
-// information, if any, replaced by REDACTED, and a query or fragment by
-// ?REDACTED. It works on the text rather than on url.Parse's result, so
-// that an endpoint url.Parse refuses (a bad escape in a password, a '/' or
-// '#' in it) is redacted as well: everything up to the last '@' counts as
-// user information, even where that also hides a path. (internal/config
-// has the same rule for the config's endpoint.)
-func redactEndpoint(s string) string {
-	if at := strings.LastIndexByte(s, '@'); at >= 0 {
-		scheme := ""
-		if i := strings.Index(s, "://"); i >= 0 && i < at {
-			scheme = s[:i+3]
-		}
-		s = scheme + "REDACTED@" + s[at+1:]
-	}
-	if q := strings.IndexAny(s, "?#"); q >= 0 {
-		s = s[:q] + "?REDACTED"
-	}
-	return s
 }
 
 // imdsv2Only refuses a metadata request without a session token: the
@@ -648,5 +627,5 @@ func (t imdsv2Only) RoundTrip(req *http.Request) (*http.Response, error) {
 // Options in a log or a test failure).
 func (o Options) String() string {
 	return fmt.Sprintf("s3.Options{Endpoint: %s, Bucket: %q, Prefix: %q, Region: %q, InstanceRole: %v, VirtualHosted: %v}",
-		redactEndpoint(o.Endpoint), o.Bucket, o.Prefix, o.Region, o.InstanceRole, o.VirtualHosted)
+		objstore.RedactURL(o.Endpoint), o.Bucket, o.Prefix, o.Region, o.InstanceRole, o.VirtualHosted)
 }
