@@ -192,11 +192,7 @@ func New(ctx context.Context, o Options) (*Store, error) {
 	err = objstore.Retry(ctx, s.o.Attempts, s.o.Backoff, func() error {
 		lctx, cancel := context.WithCancel(ctx)
 		defer cancel()
-		prefix := ""
-		if s.o.Prefix != "" {
-			prefix = s.o.Prefix + "/"
-		}
-		for o := range s.c.ListObjects(lctx, s.o.Bucket, minio.ListObjectsOptions{Prefix: prefix, MaxKeys: 1}) {
+		for o := range s.c.ListObjects(lctx, s.o.Bucket, minio.ListObjectsOptions{Prefix: s.full(""), MaxKeys: 1}) {
 			if o.Err != nil {
 				return classify(o.Err)
 			}
@@ -297,10 +293,16 @@ func (s *Store) key(name string) (string, error) {
 	if err := objstore.CheckName(name); err != nil {
 		return "", err
 	}
+	return s.full(name), nil
+}
+
+// full is a name (or a prefix of names) as the bucket holds it, below
+// the configured prefix.
+func (s *Store) full(name string) string {
 	if s.o.Prefix == "" {
-		return name, nil
+		return name
 	}
-	return s.o.Prefix + "/" + name, nil
+	return s.o.Prefix + "/" + name
 }
 
 // permanentCodes are the service's errors that a retry cannot fix.
@@ -501,10 +503,7 @@ func (s *Store) Get(ctx context.Context, name string) (io.ReadCloser, error) {
 }
 
 func (s *Store) List(ctx context.Context, prefix string) ([]objstore.Object, error) {
-	full := prefix
-	if s.o.Prefix != "" {
-		full = s.o.Prefix + "/" + prefix
-	}
+	full := s.full(prefix)
 	var out []objstore.Object
 	err := objstore.Retry(ctx, s.o.Attempts, s.o.Backoff, func() error {
 		out = out[:0]
