@@ -73,19 +73,19 @@ func loadModules(b *boot) (string, error) {
 				panic(r)
 			}
 		}()
-		start := time.Now()
-		d, _, err := loadModuleSet(b, first, b.modules.LoadListQuietly)
-		if err == nil {
-			b.log.Info(fmt.Sprintf("system image modules loaded: %s in %s", d, time.Since(start).Round(time.Millisecond)))
+		load := func(set []kmod.Module, what string) error {
+			start := time.Now()
+			d, _, err := loadModuleSet(b, set, b.modules.LoadListQuietly)
+			if err == nil {
+				b.log.Info(fmt.Sprintf("%s modules loaded: %s in %s", what, d, time.Since(start).Round(time.Millisecond)))
+			}
+			return err
 		}
+		err := load(first, "system image")
 		b.firstModules <- err
 		sentFirst = true
 		if err == nil {
-			start = time.Now()
-			d, _, err = loadModuleSet(b, background, b.modules.LoadListQuietly)
-			if err == nil {
-				b.log.Info(fmt.Sprintf("background modules loaded: %s in %s", d, time.Since(start).Round(time.Millisecond)))
-			}
+			err = load(background, "background")
 		}
 		b.bgModules <- err
 		sent = true
@@ -112,19 +112,18 @@ func (b *boot) loadOnDemand() error {
 // awaitModules waits for the background modules; the stages that need
 // them call it, and a required module that failed fails that stage. Later
 // calls return the same result.
-func (b *boot) awaitModules() (time.Duration, error) {
-	start := time.Now()
-	err := <-b.bgModules
-	b.bgModules <- err
-	return time.Since(start), err
-}
+func (b *boot) awaitModules() (time.Duration, error) { return await(b.bgModules) }
 
 // awaitSystemImageModules waits for the first background modules only:
 // dm-verity and squashfs, for the system image stage.
-func (b *boot) awaitSystemImageModules() (time.Duration, error) {
+func (b *boot) awaitSystemImageModules() (time.Duration, error) { return await(b.firstModules) }
+
+// await waits for the one result on ch and puts it back for later
+// callers, saying how long it waited.
+func await(ch chan error) (time.Duration, error) {
 	start := time.Now()
-	err := <-b.firstModules
-	b.firstModules <- err
+	err := <-ch
+	ch <- err
 	return time.Since(start), err
 }
 
